@@ -24,8 +24,14 @@ class InputError(NestbenchError):
 
     exit_code = EXIT_INPUT
 
-    def __init__(self, message: str, *, file: Path | str | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Path | str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
         self.message = message
         self.file = file
         self.line = line
@@ -72,6 +78,9 @@ class DeviceFault(DeviceError):
     def __init__(self, registers: dict[str, int], *, last_lines: list[str] | None = None) -> None:
         self.registers = registers
         regs = " ".join(f"{k}=0x{v:08x}" for k, v in registers.items())
-        super().__init__(f"firmware fault: {regs}", last_lines=last_lines,
-                         hint="the fault registers locate the crash: look up pc/lr in the ELF "
-                              "(arm-none-eabi-addr2line -e firmware.elf <pc>)")
+        super().__init__(
+            f"firmware fault: {regs}",
+            last_lines=last_lines,
+            hint="the fault registers locate the crash: look up pc/lr in the ELF "
+            "(arm-none-eabi-addr2line -e firmware.elf <pc>)",
+        )

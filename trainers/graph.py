@@ -74,7 +74,13 @@ class Add:
 
 
 Node = Conv2d | Linear | Pool | GlobalAvgPool | Add
-_NODE_TYPES: dict[str, type] = {"conv2d": Conv2d, "linear": Linear, "pool": Pool, "gap": GlobalAvgPool, "add": Add}
+_NODE_TYPES: dict[str, type] = {
+    "conv2d": Conv2d,
+    "linear": Linear,
+    "pool": Pool,
+    "gap": GlobalAvgPool,
+    "add": Add,
+}
 
 
 def node_inputs(node: Node) -> tuple[str, ...]:
@@ -154,7 +160,7 @@ class NetSpec:
             nodes.append(kind(**fields))
         return NetSpec(
             name=data["name"],
-            input_shape=tuple(data["input_shape"]),  # type: ignore[arg-type]
+            input_shape=tuple(data["input_shape"]),
             num_classes=int(data["num_classes"]),
             nodes=tuple(nodes),
         )

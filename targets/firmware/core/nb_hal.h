@@ -27,6 +27,12 @@ uint8_t hal_uart_read_byte(void);
 /* Free-running up-counter, wraps at 2^32; differences are scaled by nb_board_info. */
 uint32_t hal_counter(void);
 
+/* Elapsed time between two hal_counter() readings (start taken first) in the reported units of
+ * nb_board_info.cycle_source: (end - start) * counter_num / counter_den, except where the board can
+ * do better (QEMU reconstructs the exact instruction count, which the plain scaling gets wrong by
+ * one now and then). Added after ABI 1 of this header (additive). */
+uint32_t hal_counter_elapsed(uint32_t start, uint32_t end);
+
 /* Never returns: park the core after a fatal error has been reported. */
 void hal_halt(void) __attribute__((noreturn));
 
