@@ -77,21 +77,21 @@ class RowKey(NamedTuple):
     target: str
     entry: str
     format: str
-    level: float | None
+    level: int | None
 
     def __str__(self) -> str:
-        level = "-" if self.level is None else f"{self.level:g}"
+        level = "-" if self.level is None else str(self.level)
         return f"{self.target}:{self.entry}/{self.format}/{level}"
 
 
 def row_key(row: pd.Series | dict[str, Any]) -> RowKey:
-    """The comparison key of a record row (level rounded so 0.7 from CSV equals 0.7 computed)."""
+    """The comparison key of a record row."""
     level = row["level"]
     return RowKey(
         target=str(row["target"]),
         entry=str(row["entry"]),
         format=str(row["format"]),
-        level=None if _missing(level) else round(float(level), 6),
+        level=None if _missing(level) else int(level),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 
 from harness import baselines, build, elfsize, provenance, records, report, targets
 from harness.atomic import atomic_write_text
@@ -137,7 +138,7 @@ class Run:
         for row in frame.to_dict("records"):
             if row.get("status") in ("ok", "mismatch"):
                 self.rows[_row_key(row)] = row
-        self.console.print(f"resuming {self.run_dir} with {len(self.rows)} measured rows")
+        self.console.print(f"resuming {self.run_dir} with {len(self.rows)} measured rows", markup=False)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -151,7 +152,9 @@ class Run:
         except DatasetNotFound as exc:
             raise InputError(str(exc), file=self.options.suite, line=ds.line, field="dataset.root") from exc
         except (TypeError, ValueError) as exc:
-            raise InputError(str(exc), file=self.options.suite, line=ds.line, field="dataset.options") from exc
+            raise InputError(
+                str(exc), file=self.options.suite, line=ds.line, field="dataset.options"
+            ) from exc
 
     def _build(self, prepared: PreparedModel, target: targets.Target) -> BuiltImage:
         key = self.cache.key(
@@ -164,9 +167,13 @@ class Run:
         )
         build_id = key[:12]
 
+        # The log goes to the run folder, so it outlives a failed build (whose cache folder is dropped).
+        log_path = self.run_dir / target.name / f"build-{prepared.qmodel.name}-{build_id}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+
         def produce(folder: Path) -> None:
             result = build.build_firmware(
-                ROOT, target, prepared.model_dir, build_id, folder / "pio", folder / "build.log"
+                ROOT, target, prepared.model_dir, build_id, folder / "pio", log_path
             )
             sizes = elfsize.elf_sizes(result.elf)
             elf = folder / "firmware.elf"
@@ -344,7 +351,7 @@ class Run:
         report.write_report_md(self.run_dir, frame, verdicts, self.provenance)
         self._write_run_json("complete")
         report.print_summary(self.console, frame, verdicts)
-        say(f"run folder: {self.run_dir}")
+        say(f"run folder: {self.run_dir}", markup=False)
         return self._exit_code(frame, verdicts)
 
     def _progress(self, label: str) -> Callable[[float, str], None] | None:
@@ -356,7 +363,7 @@ class Run:
             pct = int(fraction * 100)
             if pct // 10 != last[0] // 10:
                 last[0] = pct
-                self.console.print(f"  {label}: {pct:3d}% {status}", highlight=False)
+                self.console.print(f"  {label}: {pct:3d}% {status}", highlight=False, markup=False)
 
         return show
 
@@ -365,11 +372,11 @@ class Run:
         for target in self.targets:
             keys = [_row_key(self._base_row(prep, model, i, target)) for i in range(len(model.levels))]
             if all(k in self.rows for k in keys):
-                self.console.print(f"  {target.name}: already measured (resume)")
+                self.console.print(f"  {target.name}: already measured (resume)", markup=False)
                 continue
             availability = targets.availability(target, ROOT)
             if not availability.usable:
-                self.console.print(f"  [red]{target.name}: not usable here: {availability.reason}[/]")
+                self.console.print(f"  [red]{target.name}: not usable here: {escape(availability.reason)}[/]")
                 self._failed_rows(prep, model, target, f"target not usable: {availability.reason}")
                 continue
             try:
@@ -386,8 +393,8 @@ class Run:
                 detail = str(exc) + (
                     "\n    last UART lines:\n      " + "\n      ".join(lines[-8:]) if lines else ""
                 )
-                self.console.print(f"  [red]{target.name}: FAILED: {detail}[/]")
-                self._failed_rows(prep, model, target, str(exc).splitlines()[0])
+                self.console.print(f"  [red]{target.name}: FAILED: {escape(detail)}[/]")
+                self._failed_rows(prep, model, target, _one_line(exc))
                 self._write_records()
                 continue
             for i, lv in enumerate(model.levels):
@@ -429,7 +436,7 @@ class Run:
             verdicts[target.name] = baselines.compare(current, base, self.suite.tolerances)
         if self.options.update_baselines:
             for line in baselines.update_baselines(frame, BASELINES, self.suite.name):
-                self.console.print(f"baseline: {line}")
+                self.console.print(f"baseline: {line}", markup=False)
         return verdicts
 
     @staticmethod
@@ -439,6 +446,17 @@ class Run:
         if (frame["status"] == "failed").any():
             return EXIT_INFRA
         return EXIT_OK
+
+
+def _one_line(exc: Exception, limit: int = 400) -> str:
+    """The gist of an error for the record's `error` cell: its first lines, joined."""
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if line.strip() and not line.strip().startswith("hint:")
+    ]
+    text = " ".join(lines[:3])
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _mismatch_detail(device: np.ndarray, host: np.ndarray) -> str:

@@ -6,8 +6,8 @@ nullable ``Int64`` so a failed row keeps empty cycles rather than turning the co
 fractions are nullable ``Float64``; text is the nullable ``string`` dtype.
 
 Column meanings (DESIGN.md §3 for the contract):
-    level            which level of the model the row measures, as the pipeline numbers levels
-                     (0 for a dense model); part of the row's key
+    level            index of the level in the entry's levels, sparsest last (0 for a dense
+                     model); part of the row's key
     sparsity         weight sparsity of the model at that level
     cycle_source     qemu-icount | renode-dwt | dwt; never compare across sources
     cycles           median cycles (or instructions) per inference over `repetitions`
@@ -49,8 +49,9 @@ STRING_COLUMNS = (
     "status",
     "error",
 )
-FLOAT_COLUMNS = ("level", "sparsity", "accuracy_float", "accuracy_host", "accuracy_device")
+FLOAT_COLUMNS = ("sparsity", "accuracy_float", "accuracy_host", "accuracy_device")
 INT_COLUMNS = (
+    "level",
     "cycles",
     "cycles_min",
     "cycles_max",
@@ -319,8 +320,6 @@ def _parse_cell(column: str, cell: str) -> Any:
             raise ValueError(f"expected a number, got {cell!r}") from None
         if not math.isfinite(number):
             raise ValueError(f"expected a finite number, got {cell!r}")
-        if column == "level" and number < 0:
-            raise ValueError(f"a level is ≥ 0, got {number}")
         if column in _FRACTIONS and not 0.0 <= number <= 1.0:
             raise ValueError(f"expected a fraction in [0, 1], got {number}")
         return number

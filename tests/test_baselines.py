@@ -148,9 +148,9 @@ def test_mismatch_regresses_and_failure_does_not() -> None:
 
 
 def test_levels_from_csv_match_computed_levels(tmp_path: Path) -> None:
-    write_records(tmp_path, records_frame([row(level=0.7, sparsity=0.7)]))
+    write_records(tmp_path, records_frame([row(level=2, sparsity=0.1 * 9)]))
     baseline = load_baseline_copy(tmp_path)
-    result = compare(records_frame([row(level=0.1 * 7, sparsity=0.7)]), baseline, Tolerances())
+    result = compare(records_frame([row(level=2, sparsity=0.9)]), baseline, Tolerances())
     assert {r.status for r in result.rows} == {"ok"}
 
 
@@ -207,7 +207,7 @@ def _replace_cell(line: str, column: str, value: str) -> str:
         ("flash_bytes", "-4", "≥ 0"),
         ("accuracy_device", "high", "expected a number"),
         ("accuracy_device", "1.5", "fraction"),
-        ("level", "nan", "finite"),
+        ("level", "0.5", "integer"),
         ("status", "passed", "status must be one of"),
         ("status", "", "status must be one of"),
         ("cycle_source", "wallclock", "cycle_source must be one of"),
