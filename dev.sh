@@ -48,11 +48,17 @@ python_env() {
   if [ -x "$VENV/bin/harness" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
-  say "creating the Python environment in .venv"
+  say "creating the Python environment in .venv (pip output: .venv/pip.log)"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || die "could not create $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip || die "pip upgrade failed"
-  "$VENV/bin/python" -m pip install -q "$TORCH_PIN" || die "could not install $TORCH_PIN"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" || die "could not install nestbench into .venv"
+  local log="$VENV/pip.log"
+  : > "$log"
+  pip_install() {
+    "$VENV/bin/python" -m pip install --disable-pip-version-check "$@" >> "$log" 2>&1 \
+      || { tail -n 30 "$log" >&2; die "pip install $* failed (full output: $log)"; }
+  }
+  pip_install --upgrade pip
+  pip_install "$TORCH_PIN"
+  pip_install -e "$ROOT[dev]"
   echo "$want" > "$STAMP"
 }
 

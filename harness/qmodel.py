@@ -124,7 +124,7 @@ class QModel:
             for key in _ARRAYS
             if getattr(lay, key) is not None
         }
-        np.savez(folder / "arrays.npz", **arrays)  # type: ignore[arg-type]
+        np.savez(folder / "arrays.npz", **arrays)
         doc = self._doc() | {"meta": self.meta}
         (folder / "qmodel.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
 
@@ -142,16 +142,16 @@ class QModel:
                     op=raw["op"],
                     inputs=tuple(raw["inputs"]),
                     output=raw["output"],
-                    kernel=tuple(raw["kernel"]),  # type: ignore[arg-type]
-                    stride=tuple(raw["stride"]),  # type: ignore[arg-type]
-                    padding=tuple(raw["padding"]),  # type: ignore[arg-type]
+                    kernel=tuple(raw["kernel"]),
+                    stride=tuple(raw["stride"]),
+                    padding=tuple(raw["padding"]),
                     act_min=raw["act_min"],
                     act_max=raw["act_max"],
                     **extra,
                 )
             )
         tensors = [
-            QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"])  # type: ignore[arg-type]
+            QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"])
             for t in doc["tensors"]
         ]
         return QModel(

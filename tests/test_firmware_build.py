@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 from fw import fwbuild
-from fw.default_model import MODEL_C, build_qmodel, render_model_c
+from fw.default_model import MODEL_DIR, write_model
 
 from harness import provision
 from harness.errors import InfraError
@@ -103,10 +103,13 @@ def test_pio_env_turns_off_phoning_home() -> None:
     assert int(env["PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL"]) >= 365
 
 
-def test_default_model_source_is_up_to_date() -> None:
-    assert MODEL_C.read_text() == render_model_c(build_qmodel()), (
-        "targets/firmware/model_default/model.c is stale: cd tests && ../.venv/bin/python -m fw.default_model"
-    )
+def test_default_model_source_is_up_to_date(tmp_path: Path) -> None:
+    write_model(tmp_path)
+    for name in ("model.c", "model.h"):
+        assert (MODEL_DIR / name).read_text() == (tmp_path / name).read_text(), (
+            f"targets/firmware/model_default/{name} is stale; regenerate: "
+            "cd tests && ../.venv/bin/python -m fw.default_model"
+        )
 
 
 # -- builds ---------------------------------------------------------------------------------------
@@ -171,7 +174,8 @@ def test_nucleo_image_has_its_board_bring_up() -> None:
 def test_malloc_cannot_link(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    (model / "model.c").write_text(MODEL_C.read_text())
+    for name in ("model.c", "model.h"):
+        (model / name).write_text((MODEL_DIR / name).read_text())
     (model / "heap.c").write_text(
         "#include <stdlib.h>\nvoid *nb_grab(size_t n);\nvoid *nb_grab(size_t n) { return malloc(n); }\n"
     )

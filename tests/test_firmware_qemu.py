@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from elftools.elf.elffile import ELFFile
 from fw import fwbuild
-from fw.default_model import MODEL_HASH, arena_layout, build_qmodel
+from fw.default_model import arena_bytes, build_qmodel
 from fw.hostlib import HostModel, build_host_lib
 from fw.ref_int8 import run_output
 
@@ -70,11 +70,11 @@ def _inputs(n: int, seed: int) -> list[np.ndarray]:
 
 def test_hello_identifies_the_image(device: Device) -> None:
     info = device.client.hello()
-    _, arena = arena_layout(QM)
+    arena = arena_bytes()
     assert info == {
         "proto": "1",
         "fw": fwbuild.TEST_BUILD_ID,
-        "model": MODEL_HASH,
+        "model": QM.content_hash(),
         "name": "default",
         "levels": "1",
         "board": "qemu_mps2_an500",
@@ -182,7 +182,7 @@ def test_instruction_counts_are_positive_consistent_and_deterministic(elf: Path)
     with _session(elf) as third:
         other, _, _ = _measure(third, _inputs(1, 99)[0])
     assert other == cycles
-    assert 0 < mem["stack"] < 16 * 1024 and mem["arena"] == arena_layout(QM)[1]
+    assert 0 < mem["stack"] < 16 * 1024 and mem["arena"] == arena_bytes()
 
 
 class _NoisyPort:
@@ -214,7 +214,7 @@ def test_a_corrupted_request_is_retried(elf: Path) -> None:
         dev.client.hello()  # settles the start-up (a late boot banner also makes hello retry)
         before, logged = dev.client.retried, len(dev.log)
         dev.client.port.corrupt_next = True  # type: ignore[attr-defined]
-        assert dev.client.hello()["model"] == MODEL_HASH
+        assert dev.client.hello()["model"] == QM.content_hash()
         assert dev.client.retried == before + 1
         new = dev.log[logged:]
         assert any("< ? err crc" in e for e in new)  # the device saw the bad frame and said so

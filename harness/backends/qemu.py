@@ -135,11 +135,17 @@ class QemuBackend(Backend):
         try:
             watch.done.wait(self.boot_timeout)
             if watch.name is None:
+                # Both pipes closing means QEMU is exiting; give it a moment to be reaped.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2.0)
                 alive = proc.poll() is None
-                raise InfraError(
+                what = (
                     f"QEMU did not open its serial pty within {self.boot_timeout:g} s"
-                    + ("" if alive else f" (it exited with {proc.returncode})")
-                    + f"\n  command: {shlex.join(cmd)}\n  output: {diagnostics().strip()[-800:]}",
+                    if alive
+                    else f"QEMU exited with {proc.returncode} before opening its serial pty"
+                )
+                raise InfraError(
+                    what + f"\n  command: {shlex.join(cmd)}\n  output: {diagnostics().strip()[-800:]}",
                     hint="check custom_qemu_args in platformio.ini and that the ELF was built for "
                     "this machine",
                 )
