@@ -150,10 +150,7 @@ class QModel:
                     **extra,
                 )
             )
-        tensors = [
-            QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"])
-            for t in doc["tensors"]
-        ]
+        tensors = [QTensor(t["name"], tuple(t["shape"]), t["scale"], t["zero_point"]) for t in doc["tensors"]]
         return QModel(
             name=doc["name"],
             tensors=tensors,
