@@ -322,7 +322,7 @@ class Run:
 
         self.eval_x = eval_x
         for entry in self.suite.models:
-            say(f"[bold]{entry.name}[/]: {entry.trainer} · {entry.arch} · {entry.format}")
+            say(f"[bold]{escape(entry.name)}[/]: {entry.trainer} · {entry.arch} · {entry.format}")
             prep = prepare_entry(
                 self.cache,
                 self.suite,
@@ -334,12 +334,12 @@ class Run:
                 progress=self._progress(f"train {entry.name}"),
             )
             note = "cached" if prep.cached else f"{prep.train_seconds:.1f} s"
-            say(
-                f"  trained ({note}); int8 host accuracy "
-                + ", ".join(
-                    f"{lv.sparsity:.2f}: {lv.accuracy_host:.3f}" for m in prep.models for lv in m.levels
-                )
-            )
+            accuracies = [(lv.sparsity, lv.accuracy_host) for m in prep.models for lv in m.levels]
+            if len(accuracies) == 1:
+                summary = f"{accuracies[0][1]:.2%}"
+            else:
+                summary = ", ".join(f"{s:.0%} sparse {a:.2%}" for s, a in accuracies)
+            say(f"  trained ({note}); int8 host accuracy {summary}", markup=False)
             for model in prep.models:
                 self.provenance["models"][f"{entry.name}/{model.qmodel.name}"] = model.model_hash
                 self._run_model_on_targets(prep, model, eval_y)
