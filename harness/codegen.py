@@ -46,20 +46,7 @@ class CodegenResult:
     arena_bytes: int
     tensor_offsets: tuple[int, ...]
     symbol_sizes: dict[str, int]  # model data symbol → bytes (what the ELF's symbol sizes must show)
-    weight_bytes: int
-    index_bytes: int
-    meta_bytes: int
-    model_bytes: int
-
-    @property
-    def storage(self) -> dict[str, int]:
-        """The record columns: model_bytes, weight_bytes, index_bytes, meta_bytes."""
-        return {
-            "model_bytes": self.model_bytes,
-            "weight_bytes": self.weight_bytes,
-            "index_bytes": self.index_bytes,
-            "meta_bytes": self.meta_bytes,
-        }
+    storage: dict[str, int]  # the packed model's record columns: model/weight/index/meta bytes
 
 
 def tensor_lifetimes(qm: QModel) -> list[tuple[int, int] | None]:
@@ -310,10 +297,7 @@ def generate(packed: PackedModel, qm: QModel, out_dir: Path) -> CodegenResult:
         arena_bytes=plan.size,
         tensor_offsets=plan.offsets,
         symbol_sizes=symbol_sizes,
-        weight_bytes=packed.weight_bytes,
-        index_bytes=packed.index_bytes,
-        meta_bytes=packed.meta_bytes,
-        model_bytes=packed.model_bytes,
+        storage=packed.storage(),
     )
 
 

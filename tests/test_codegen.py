@@ -91,11 +91,11 @@ def test_storage_figures_equal_compiled_symbol_sizes(qm: QModel, tmp_path: Path)
     # dense figures from first principles: int8 weights, int32 bias/multiplier/shift per channel,
     # int32 multiplier/shift triples for each add
     weighted = [lay for lay in qm.layers if lay.weight is not None]
-    assert result.weight_bytes == sum(lay.weight.size for lay in weighted)
+    assert result.storage["weight_bytes"] == sum(lay.weight.size for lay in weighted)
     adds = [lay for lay in qm.layers if lay.op == "add"]
-    assert result.meta_bytes == sum(12 * lay.bias.size for lay in weighted) + 24 * len(adds)
-    assert result.index_bytes == 0
-    assert result.model_bytes == result.weight_bytes + result.meta_bytes
+    assert result.storage["meta_bytes"] == sum(12 * lay.bias.size for lay in weighted) + 24 * len(adds)
+    assert result.storage["index_bytes"] == 0
+    assert result.storage["model_bytes"] == result.storage["weight_bytes"] + result.storage["meta_bytes"]
     # the tables naming the data are not counted as model data
     assert not any(
         name.startswith(("nb_w_", "nb_b_", "nb_m_", "nb_s_"))
