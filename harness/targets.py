@@ -43,6 +43,11 @@ class Target:
     max_flash: int = 0  # bytes, from the board manifest (or board_upload.maximum_size)
     max_ram: int = 0
     clock_hz: int = 0  # board's f_cpu
+    image_env: str = ""  # the env whose image this target runs (custom_image_env; default: its own)
+
+    @property
+    def image(self) -> str:
+        return self.image_env or self.name
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,15 @@ def load_targets(root: Path) -> dict[str, Target]:
         if section.startswith("env:"):
             target = _target(root, ini, section)
             found[target.name] = target
+    for target in found.values():
+        image = target.options.get("custom_image_env")
+        if image is not None and (image not in found or found[image].image != image):
+            section = f"env:{target.name}"
+            raise ini.error(
+                f"custom_image_env {image!r} is not an env that builds its own image",
+                section,
+                "custom_image_env",
+            )
     return found
 
 
@@ -243,6 +257,7 @@ def _target(root: Path, ini: _Ini, section: str) -> Target:
         max_flash=max_flash,
         max_ram=max_ram,
         clock_hz=clock,
+        image_env=values.get("custom_image_env", ""),
     )
 
 
@@ -341,7 +356,7 @@ def make_backend(
         return BoardBackend(timeout_s=timeout_s, **_board_settings(target, board_options))
     tools.require("renode")
     try:
-        from harness.backends import renode  # type: ignore[attr-defined]
+        from harness.backends import renode
     except ImportError:
         raise InfraError(
             f"target {target.name}: the Renode backend is not part of this nestbench version",

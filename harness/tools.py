@@ -19,10 +19,10 @@ from pathlib import Path
 from harness.errors import InfraError
 
 RENODE_INSTALL = (
-    "Renode is not packaged for Debian or PyPI: download the Linux portable build "
-    "(nightly: https://builds.renode.io/renode-latest.linux-portable.tar.gz, needed for the NUCLEO-F767ZI "
-    "platform; releases: https://github.com/renode/renode/releases, see https://renode.io), unpack it and "
-    "put its `renode` launcher on PATH (or `conda install conda-forge::renode-cli`)"
+    "Renode is not packaged for Debian or PyPI: download a Linux portable build from "
+    "https://github.com/renode/renode/releases (1.16 or later; nestbench brings its own NUCLEO-F767ZI "
+    "platform description, so a stable release is enough), unpack it and put its `renode` launcher on "
+    "PATH (or `conda install -c conda-forge renode-cli`); see https://renode.io"
 )
 
 

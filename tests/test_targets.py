@@ -160,7 +160,7 @@ def test_board_target_not_available_without_probe() -> None:
     assert "probe" in avail.reason
     report = dict((t.name, a) for t, a in targets.targets_report(ROOT))
     assert report["nucleo_f767zi"].usable is False
-    assert set(report) == {"qemu_mps2_an500", "nucleo_f767zi"}
+    assert set(report) == {"qemu_mps2_an500", "nucleo_f767zi", "renode_nucleo_f767zi"}
 
 
 def test_qemu_target_needs_provisioned_platformio(tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ custom_cycle_source = renode-dwt
     if "tool-scons" in avail.reason:
         pytest.skip("PlatformIO is not provisioned in the repository: run ./dev.sh setup")
     assert not avail.usable
-    assert "renode" in avail.reason.lower() and "builds.renode.io" in avail.reason
+    assert "renode" in avail.reason.lower() and "github.com/renode/renode/releases" in avail.reason
     with pytest.raises(InfraError, match="renode"):
         targets.make_backend(t, root, timeout_s=5)
 
