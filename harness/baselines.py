@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -266,10 +266,11 @@ def baseline_path(root: Path, suite: str, target: str) -> Path:
     return Path(root) / suite / f"{target}.csv"
 
 
-def load_baseline(path: Path) -> pd.DataFrame:
+def load_baseline(path: Path, suite: str | None = None) -> pd.DataFrame:
     """Read and check one baseline file: the record columns DESIGN.md promises must be there, every
-    cell must fit its column, every row must belong to the file's target and no key may repeat. A bad
-    file raises InputError naming the file, the CSV line and the column."""
+    cell must fit its column, every row must belong to the file's target (and to `suite` when
+    given) and no key may repeat. A bad file raises InputError naming the file, the CSV line and the
+    column."""
     path = Path(path)
     frame = read_records_csv(path, required=CORE_COLUMNS)
     lines: list[int] = frame.attrs.get(SOURCE_LINES, [])
@@ -279,6 +280,13 @@ def load_baseline(path: Path) -> pd.DataFrame:
         for column in _KEY_COLUMNS[:-1]:
             if _missing(row[column]):
                 raise InputError("must not be empty", file=path, line=line, field=column)
+        if suite is not None and row["suite"] != suite:
+            raise InputError(
+                f"row of suite {_text(row['suite'])!r} in the baseline of suite {suite!r}",
+                file=path,
+                line=line,
+                field="suite",
+            )
         if row["target"] != path.stem:
             raise InputError(
                 f"row for target {row['target']!r} in the baseline of {path.stem!r}",
@@ -295,13 +303,69 @@ def load_baseline(path: Path) -> pd.DataFrame:
     return frame
 
 
+# --- a run's comparison, saved with the run (so `harness report` shows it again) -----------------
+
+
+def comparisons_to_json(comparisons: Mapping[str, Comparison]) -> dict[str, Any]:
+    """target -> comparison as plain JSON data; `comparisons_from_json` reads it back."""
+    return {
+        target: {
+            "has_baseline": c.has_baseline,
+            "rows": [
+                {
+                    **r.key._asdict(),
+                    "metric": r.metric,
+                    "baseline": _plain(r.baseline),
+                    "current": _plain(r.current),
+                    "delta": _plain(r.delta),
+                    "allowed": _plain(r.allowed),
+                    "status": r.status,
+                }
+                for r in c.rows
+            ],
+        }
+        for target, c in comparisons.items()
+    }
+
+
+def comparisons_from_json(doc: Mapping[str, Any]) -> dict[str, Comparison]:
+    """Inverse of `comparisons_to_json`; ValueError (with the cause) on a document of another shape."""
+    try:
+        out = {}
+        for target, data in doc.items():
+            rows = [
+                ComparisonRow(
+                    key=RowKey(str(r["target"]), str(r["entry"]), str(r["format"]), r["level"]),
+                    metric=str(r["metric"]),
+                    baseline=r["baseline"],
+                    current=r["current"],
+                    delta=r["delta"],
+                    allowed=r["allowed"],
+                    status=str(r["status"]),
+                )
+                for r in data["rows"]
+            ]
+            out[str(target)] = Comparison(rows=rows, has_baseline=bool(data["has_baseline"]))
+        return out
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a saved comparison: {type(exc).__name__} {exc}") from None
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return _number(value)
+
+
 def load_baselines(root: Path, suite: str, targets: Iterable[str]) -> pd.DataFrame | None:
     """The baselines of `targets` for `suite`, concatenated; None when none of the files exists."""
     frames = []
     for target in targets:
         path = baseline_path(root, suite, target)
         if path.exists():
-            frames.append(load_baseline(path))
+            frames.append(load_baseline(path, suite))
     if not frames:
         return None
     return conform(pd.concat(frames, ignore_index=True))
@@ -386,7 +450,9 @@ def _diff(old: pd.Series, new: pd.Series) -> str:
             continue
         if not _missing(a) and not _missing(b) and a == b:
             continue
-        if column in METRICS or column in ("status", "cycle_source"):
+        if column in METRICS:
+            parts.append(f"{column} {_show(a, column)} → {_show(b, column)}{_change(a, b, column)}")
+        elif column in ("status", "cycle_source"):
             parts.append(f"{column} {_show(a)} → {_show(b)}")
         else:
             others.append(column)
@@ -395,8 +461,26 @@ def _diff(old: pd.Series, new: pd.Series) -> str:
     return "; ".join(parts)
 
 
-def _show(value: Any) -> str:
-    return "(empty)" if _missing(value) else str(value)
+def _show(value: Any, column: str = "") -> str:
+    if _missing(value):
+        return "(empty)"
+    if column.startswith("accuracy"):
+        return f"{float(value) * 100:.2f} %"
+    if column in METRICS:
+        return f"{_number(value):,}"
+    return str(value)
+
+
+def _change(old: Any, new: Any, column: str) -> str:
+    """`` (+12, +1.20 %)`` for a metric present on both sides; accuracy in percentage points."""
+    if _missing(old) or _missing(new):
+        return ""
+    delta = _number(new) - _number(old)
+    if column.startswith("accuracy"):
+        return f" ({delta * 100:+.2f} pt)"
+    if not _number(old):
+        return f" ({delta:+,})"
+    return f" ({delta:+,}, {delta / _number(old) * 100:+.2f} %)"
 
 
 def _short(key: RowKey) -> str:
@@ -411,6 +495,8 @@ __all__ = [
     "RowKey",
     "baseline_path",
     "compare",
+    "comparisons_from_json",
+    "comparisons_to_json",
     "load_baseline",
     "load_baselines",
     "row_key",

@@ -9,8 +9,9 @@ from harness.targets import load_targets
 from trainers import archs, datasets
 from trainers.registry import available_trainers
 
-# Formats the packer and kernels can build today; sparse formats come with their kernels.
-BUILDABLE_FORMATS = ("dense",)
+# Formats the packer and kernels can build: dense, the standalone csr baseline (one single-level
+# model per level) and nested (one model, every level a prefix).
+BUILDABLE_FORMATS = ("dense", "csr", "nested")
 
 
 def build_catalog(root: Path) -> Catalog:

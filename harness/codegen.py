@@ -1,25 +1,38 @@
 """C code generation: a PackedModel + its QModel → model.c / model.h defining `nb_model` (nb_model.h).
 
 The generated data has stable, greppable symbols so the linked ELF can be checked against the storage
-figures: `nb_w_<layer>` (weights), `nb_b_<layer>` (int32 bias), `nb_m_<layer>` / `nb_s_<layer>`
-(multipliers, shifts), later formats add their own `nb_*_<layer>` arrays; all are global const
-data (flash on the board) aligned to 4 bytes. The activation arena `nb_arena` is one static, 8-byte
-aligned buffer; every tensor lives at a fixed offset chosen by a liveness-based planner
-(`plan_arena`): tensors whose lifetimes overlap never share bytes. The network input stays live for
-the whole inference (the device reruns `infer` on an input loaded once) and so does the output
-(read back after the run). Output is a pure function of the inputs: same model → same bytes.
+figures: `nb_w_<layer>` (weights; a sparse layer's kept blocks), `nb_b_<layer>` (int32 bias),
+`nb_m_<layer>` / `nb_s_<layer>` (multipliers, shifts), and for csr / nested layers `nb_i_` (offsets),
+`nb_d_` / `nb_l_` (compact deltas and their position table), `nb_e_` (end pointers), `nb_k_`
+(dense-or-sparse kernel per level), `nb_dc_` (dense copies). All are global const data aligned to 4
+bytes in section `.rodata.nb_model`, which the linker scripts keep in flash (the F7's weights are
+read from flash through the ART / D-cache, never copied). The activation arena `nb_arena` is one
+static, 8-byte aligned buffer in section `.bss.nb_arena`, which the F7's linker script puts in the
+128 KB DTCM (zero wait states); every tensor lives at a fixed offset chosen by a liveness-based
+planner (`plan_arena`): tensors whose lifetimes overlap never share bytes. The kernel scratch of a
+sparse layer (its int16 copy of the input) is planned in the same arena, alive only during that
+layer. The network input stays live for the whole inference (the device reruns `infer` on an input
+loaded once) and so does the output (read back after the run). Output is a pure function of the
+inputs: same model → same bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from harness.pack import PackedArray, PackedLayer, PackedModel
 from harness.qmodel import QModel
 
 ARENA_ALIGN = 8  # arena base alignment in C
+# sizeof on the 32-bit targets, for the flash estimate of the descriptors (nb_model.h)
+SIZEOF = {"nb_layer_t": 44, "nb_tensor_t": 16, "nb_sparse_t": 56, "nb_model_t": 48}
 TENSOR_ALIGN = 4  # every tensor offset: word-aligned loads in the kernels
+MODEL_SECTION = ".rodata.nb_model"  # const model data: flash (link.ld)
+ARENA_SECTION = ".bss.nb_arena"  # activations and kernel scratch: RAM, DTCM on the F7 (link.ld)
+MODEL_DATA_ATTR = f'__attribute__((aligned(4), section("{MODEL_SECTION}")))'
 OP_ENUM = {
     "conv2d": "NB_OP_CONV2D",
     "dwconv2d": "NB_OP_DWCONV2D",
@@ -29,7 +42,8 @@ OP_ENUM = {
     "gap": "NB_OP_GAP",
     "add": "NB_OP_ADD",
 }
-FORMAT_ENUM = {"dense": "NB_FMT_DENSE"}
+FORMAT_ENUM = {"dense": "NB_FMT_DENSE", "csr": "NB_FMT_CSR", "nested": "NB_FMT_NESTED"}
+INDEX_ENUM = {"fast": "NB_INDEX_U16", "compact": "NB_INDEX_U8_DELTA"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class ArenaPlan:
     sizes: tuple[int, ...]
     lifetimes: tuple[tuple[int, int] | None, ...]  # [first, last] layer step, inclusive; input at -1
     size: int  # arena bytes
+    scratch_offsets: dict[int, int] = field(default_factory=dict)  # layer index → its scratch offset
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class CodegenResult:
     tensor_offsets: tuple[int, ...]
     symbol_sizes: dict[str, int]  # model data symbol → bytes (what the ELF's symbol sizes must show)
     storage: dict[str, int]  # the packed model's record columns: model/weight/index/meta bytes
+    scratch_bytes: int = 0  # largest kernel scratch of any layer (inside the arena)
+    descriptor_bytes: int = 0  # flash of the tables pointing at the arrays (not model data)
 
 
 def tensor_lifetimes(qm: QModel) -> list[tuple[int, int] | None]:
@@ -105,11 +122,17 @@ def plan_arena(
     return offsets, _align(max(total, 1), align)
 
 
-def plan_qmodel_arena(qm: QModel) -> ArenaPlan:
+def plan_qmodel_arena(qm: QModel, scratch: dict[int, int] | None = None) -> ArenaPlan:
+    """Tensor offsets, plus a region for each layer's kernel scratch (`scratch`: layer index →
+    bytes), alive only during that layer's step: it never overlaps the layer's input or output."""
     sizes = [t.size for t in qm.tensors]
     spans = tensor_lifetimes(qm)
-    offsets, size = plan_arena(sizes, spans)
-    return ArenaPlan(tuple(offsets), tuple(sizes), tuple(spans), size)
+    extra = sorted((scratch or {}).items())
+    all_sizes = sizes + [nbytes for _, nbytes in extra]
+    all_spans: list[tuple[int, int] | None] = [*spans, *((step, step) for step, _ in extra)]
+    offsets, size = plan_arena(all_sizes, all_spans)
+    scratch_offsets = {step: offsets[len(sizes) + i] for i, (step, _) in enumerate(extra)}
+    return ArenaPlan(tuple(offsets[: len(sizes)]), tuple(sizes), tuple(spans), size, scratch_offsets)
 
 
 def _c_string(text: str) -> str:
@@ -144,7 +167,7 @@ def _array_lines(arr: PackedArray) -> list[str]:
         raise ValueError(f"array {arr.symbol} is empty")
     body = ["    " + ", ".join(values[i : i + per_line]) + "," for i in range(0, len(values), per_line)]
     return [
-        f"const {arr.ctype} {arr.symbol}[{arr.data.size}] __attribute__((aligned(4))) = {{",
+        f"const {arr.ctype} {arr.symbol}[{arr.data.size}] {MODEL_DATA_ATTR} = {{",
         *body,
         "};",
     ]
@@ -153,6 +176,30 @@ def _array_lines(arr: PackedArray) -> list[str]:
 def _ref(lay: PackedLayer, key: str) -> str:
     arr = lay.arrays.get(key)
     return arr.symbol if arr is not None else "NULL"
+
+
+def _sparse_lines(lay: PackedLayer, plan: ArenaPlan) -> list[str]:
+    """The layer's nb_sparse_t: pointers to its arrays, geometry, and the arena offset of its
+    scratch (a descriptor, like nb_layer_t: not counted as model data)."""
+    sp = lay.sparse
+    assert sp is not None and lay.fmt_tables is not None
+    end = lay.arrays["end"]
+    end16 = end.symbol if end.data.dtype == np.uint16 else "NULL"
+    end8 = end.symbol if end.data.dtype == np.uint8 else "NULL"
+    densities = ", ".join(f"{sp.density(k):.3f}" for k in range(sp.n_levels))
+    return [
+        f"/* block density per level {densities}; kernel per level (0 sparse, c dense copy c-1):"
+        f" {', '.join(map(str, sp.kernel))} */",
+        f"static const nb_sparse_t {lay.fmt_tables} = {{",
+        f"    .cout = {sp.cout}, .n_levels = {sp.n_levels}, .index_kind = {INDEX_ENUM[sp.index_kind]},"
+        f" .n_dense = {sp.n_dense},",
+        f"    .end16 = {end16}, .end8 = {end8}, .values = {_ref(lay, 'values')},",
+        f"    .index = {_ref(lay, 'index')}, .delta = {_ref(lay, 'delta')}, .lut = {_ref(lay, 'lut')},",
+        f"    .kernel = {_ref(lay, 'kernel')}, .dense = {_ref(lay, 'dense')},",
+        f"    .scratch_offset = {plan.scratch_offsets[lay.index]}u, .scratch_bytes = {sp.scratch_bytes}u,",
+        f"    .cpairs = {sp.cpairs}, .band_rows = {sp.band_rows}, .rows = {sp.rows}, .wq = {sp.wq},",
+        "};",
+    ]
 
 
 def _check_ranges(qm: QModel, plan: ArenaPlan) -> None:
@@ -206,8 +253,11 @@ def _model_c(packed: PackedModel, qm: QModel, plan: ArenaPlan) -> str:
         "#include <stdint.h>",
         "",
         '#include "model.h"',
-        "",
     ]
+    sparse = any(lay.sparse is not None for lay in packed.layers)
+    if sparse:  # the sparse kernels are linked only into models that use them
+        lines.append('#include "nb_kernels_sparse.h"')
+    lines.append("")
     for lay in packed.layers:
         q = qm.layers[lay.index]
         shape = "x".join(str(d) for d in q.weight.shape) if q.weight is not None else "-"
@@ -216,10 +266,13 @@ def _model_c(packed: PackedModel, qm: QModel, plan: ArenaPlan) -> str:
         )
         for arr in lay.arrays.values():
             lines += _array_lines(arr)
+        if lay.sparse is not None:
+            lines += _sparse_lines(lay, plan)
         lines.append("")
     lines += [
-        "/* Activation arena: tensor offsets below come from a liveness-based planner. */",
-        f"int8_t nb_arena[{plan.size}] __attribute__((aligned({ARENA_ALIGN})));",
+        "/* Activation arena (RAM; DTCM on the F7): tensor offsets below come from a liveness-based",
+        " * planner; sparse layers' scratch lives here too, only while the layer runs. */",
+        f'int8_t nb_arena[{plan.size}] __attribute__((aligned({ARENA_ALIGN}), section("{ARENA_SECTION}")));',
         "",
         f"static const nb_tensor_t nb_tensor_table[{len(qm.tensors)}] = {{",
     ]
@@ -265,6 +318,7 @@ def _model_c(packed: PackedModel, qm: QModel, plan: ArenaPlan) -> str:
         f"    .output = {qm.output},",
         "    .arena = nb_arena,",
         f"    .arena_size = {plan.size}u,",
+        f"    .sparse = {'&nb_sparse_ops' if sparse else 'NULL'},",
         "};",
         "",
     ]
@@ -284,7 +338,8 @@ def generate(packed: PackedModel, qm: QModel, out_dir: Path) -> CodegenResult:
     for lay in packed.layers:
         if lay.format not in FORMAT_ENUM:
             raise ValueError(f"layer {lay.name!r}: format {lay.format!r} has no C encoding yet")
-    plan = plan_qmodel_arena(qm)
+    scratch = {lay.index: lay.scratch_bytes for lay in packed.layers if lay.scratch_bytes > 0}
+    plan = plan_qmodel_arena(qm, scratch)
     _check_ranges(qm, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     header = out_dir / "model.h"
@@ -298,6 +353,25 @@ def generate(packed: PackedModel, qm: QModel, out_dir: Path) -> CodegenResult:
         tensor_offsets=plan.offsets,
         symbol_sizes=symbol_sizes,
         storage=packed.storage(),
+        scratch_bytes=max(scratch.values(), default=0),
+        descriptor_bytes=descriptor_bytes(packed, qm),
+    )
+
+
+def descriptor_bytes(packed: PackedModel, qm: QModel) -> int:
+    """Flash of nb_model, its layer / tensor / sparse tables and the name and hash strings."""
+    names = sum(len(lay.name.encode()) + 1 + 4 for lay in qm.layers)  # string + pointer
+    sparse = sum(1 for lay in packed.layers if lay.sparse is not None)
+    return (
+        SIZEOF["nb_model_t"]
+        + SIZEOF["nb_layer_t"] * len(qm.layers)
+        + SIZEOF["nb_tensor_t"] * len(qm.tensors)
+        + SIZEOF["nb_sparse_t"] * sparse
+        + names
+        + len(qm.name.encode())
+        + 1
+        + len(packed.hash)
+        + 1
     )
 
 

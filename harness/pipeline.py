@@ -1,40 +1,71 @@
 """`harness run`: one suite, end to end (DESIGN.md §1).
 
-suite → validate → per entry: train, quantize, evaluate on host, pack, generate C (harness.prepare)
-→ per target: build (cached), deploy, UART session (harness.measure) → records → baselines → report.
-A failing entry or target is recorded as failed and the others still run; records are rewritten
-atomically after every measured model, so an interrupted run keeps what it measured and `--resume`
-finishes it.
+suite → validate (suite, targets, baseline files: all before any work) → per entry: train, quantize,
+evaluate on host, pack, generate C (harness.prepare) → per target: build (cached), deploy, UART
+session (harness.measure) → records → baselines → plots and reports → summary.json, junit.xml.
+
+A failing entry or target is recorded as failed and the others still run. Records are rewritten
+atomically after every measured model, and ``run.json`` says how far the run got: ``running`` while
+it runs (and after a SIGKILL), ``interrupted`` after Ctrl-C or SIGTERM, ``aborted`` after an error
+that stopped the whole run, ``complete`` once everything is written (the last file written).
+
+Resume (``--resume``) continues the latest run of the suite that is not complete: it keeps the rows
+that were measured (``ok`` or ``mismatch``), measures what is missing or failed, and writes records
+in the suite's order, so they equal those of an uninterrupted run. A run is resumed only with the
+same suite and targets: ``run.json`` keeps a hash of the validated suite (comments and formatting
+do not count) and the target names; if either changed, ``--resume`` refuses with exit 2 rather than
+mixing figures of two different suites in one run. A lock file in the run folder keeps two harness
+processes from running (or resuming) the same run at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import json
+import os
+import platform
 import secrets
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.markup import escape
 
-from harness import baselines, build, elfsize, provenance, records, report, targets
+from harness import baselines, build, ci_outputs, elfsize, provenance, records, report, targets
 from harness.atomic import atomic_write_text
-from harness.cache import ArtifactCache, hash_tree
+from harness.backends.base import Backend
+from harness.cache import ArtifactCache, canonical_json, hash_tree
 from harness.catalog import build_catalog
-from harness.errors import EXIT_INFRA, EXIT_OK, EXIT_REGRESSION, DeviceError, InfraError, InputError
+from harness.errors import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    DeviceError,
+    InfraError,
+    InputError,
+)
 from harness.measure import Expected, run_session
 from harness.paths import BASELINES, ROOT, RUNS, cache_root
 from harness.prepare import PreparedEntry, PreparedModel, prepare_entry
+from harness.progress import Progress
 from harness.protocol import DeviceClient
 from harness.quantize import quantize_input
 from harness.suite import Suite, load_suite
 from trainers.datasets import Dataset, DatasetNotFound, load_dataset
+
+RUN_JSON = "run.json"
+LOCK_FILE = ".run.lock"
+COMPLETE = "complete"
+_ERROR_LIMIT = 3000  # characters of a failed row's error cell
+_UART_LINES = 8  # last UART lines kept with a failed row
 
 
 @dataclass
@@ -47,6 +78,9 @@ class RunOptions:
     no_cache: bool = False
     update_baselines: bool = False
     quiet: bool = False
+    baselines: Path | None = None  # folder of <suite>/<target>.csv; default results/baselines
+    junit: Path | None = None  # also write junit.xml here
+    summary_json: Path | None = None  # also write summary.json here
 
 
 @dataclass
@@ -59,25 +93,40 @@ class BuiltImage:
     flags: list[str]
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, str, int, str]:
+RowKey = tuple[str, str, int, str]
+
+
+def _row_key(row: dict[str, Any]) -> RowKey:
     return (str(row["entry"]), str(row["format"]), int(row["level"]), str(row["target"]))
+
+
+def suite_hash(suite: Suite) -> str:
+    """Hash of the validated suite: what the suite asks for, not how the file is written."""
+    return hashlib.sha256(canonical_json(suite.model_dump(mode="json")).encode()).hexdigest()
 
 
 class Run:
     def __init__(self, options: RunOptions, console: Console) -> None:
         self.options = options
         self.console = console
+        self.progress = Progress(console, quiet=options.quiet)
         self.catalog = build_catalog(ROOT)
         self.suite: Suite = load_suite(options.suite, self.catalog)
+        self.suite_hash = suite_hash(self.suite)
         self.all_targets = targets.load_targets(ROOT)
         self.targets = self._select_targets()
+        self.baselines_root = self._baselines_root()
+        # Bad baseline files are bad input: found before anything is trained or built.
+        self.baselines = {t.name: self._load_baseline(t) for t in self.targets}
         out_root = options.out if options.out is not None else RUNS
         self.cache = ArtifactCache(cache_root(out_root))
-        self.run_dir = self._run_dir(out_root / self.suite.name)
-        self.rows: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+        self.rows: dict[RowKey, dict[str, Any]] = {}
         self.provenance: dict[str, Any] = {}
+        self.previous: dict[str, Any] = {}  # run.json of the run being resumed
         self.eval_x = np.empty(0)
-        if options.resume:
+        self._lock: FileLock | None = None
+        self.run_dir = self._run_dir(out_root / self.suite.name)
+        if self.previous:
             self._load_previous_rows()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -89,7 +138,7 @@ class Run:
                 known = ", ".join(sorted(self.all_targets))
                 raise InputError(f"unknown target {name!r}; known targets: {known}", field="--target")
         if self.options.targets:
-            names = list(self.options.targets)
+            names = list(dict.fromkeys(self.options.targets))
         chosen = [self.all_targets[n] for n in names]
         if self.options.emulator_only:
             emulators = [t for t in chosen if t.is_emulator]
@@ -105,40 +154,103 @@ class Run:
             chosen = usable
         return chosen
 
+    def _baselines_root(self) -> Path:
+        root = self.options.baselines
+        if root is None:
+            return BASELINES
+        if root.exists() and not root.is_dir():
+            raise InputError(
+                "not a folder (expected <folder>/<suite>/<target>.csv)", file=root, field="--baselines"
+            )
+        if not root.exists() and not self.options.update_baselines:
+            raise InputError(
+                "no such folder (it is created only with --update-baselines)", file=root, field="--baselines"
+            )
+        return root
+
+    def _load_baseline(self, target: targets.Target) -> pd.DataFrame | None:
+        folder = self.baselines_root / self.suite.name
+        if folder.exists() and not folder.is_dir():
+            raise InputError(
+                f"expected a folder of <target>.csv baselines for suite {self.suite.name}",
+                file=folder,
+                field="--baselines",
+            )
+        path = baselines.baseline_path(self.baselines_root, self.suite.name, target.name)
+        if not path.exists() and not path.is_symlink():
+            return None
+        return baselines.load_baseline(path, self.suite.name)
+
     def _run_dir(self, suite_root: Path) -> Path:
         if self.options.resume:
             previous = self._latest_incomplete(suite_root)
             if previous is not None:
+                self._check_resumable(previous)
+                self._acquire(previous)
                 return previous
-            self.console.print("[yellow]--resume: no interrupted run of this suite; starting a new one[/]")
+            self.progress.say("--resume: no interrupted run of this suite; starting a new one")
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_dir = suite_root / f"{stamp}-{secrets.token_hex(2)}"
         run_dir.mkdir(parents=True)
+        self._acquire(run_dir)
         return run_dir
+
+    def _acquire(self, run_dir: Path) -> None:
+        lock = FileLock(run_dir / LOCK_FILE)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise InfraError(
+                f"run folder {run_dir} is in use by another harness process",
+                hint="wait for that run to finish (or stop it), then run with --resume again",
+            ) from None
+        self._lock = lock
 
     @staticmethod
     def _latest_incomplete(suite_root: Path) -> Path | None:
         if not suite_root.is_dir():
             return None
         for run_dir in sorted((p for p in suite_root.iterdir() if p.is_dir()), reverse=True):
-            info = run_dir / "run.json"
             try:
-                status = json.loads(info.read_text()).get("status")
+                info = json.loads((run_dir / RUN_JSON).read_text())
             except (OSError, ValueError):
-                status = None
-            if status != "complete":
+                continue  # killed before its run.json was written: nothing to resume there
+            if isinstance(info, dict) and info.get("status") != COMPLETE:
                 return run_dir
         return None
 
+    def _check_resumable(self, run_dir: Path) -> None:
+        info = json.loads((run_dir / RUN_JSON).read_text())
+        old_hash = str(info.get("suite_hash") or "")
+        if old_hash != self.suite_hash:
+            raise InputError(
+                f"the suite changed since run {run_dir.name} was interrupted (suite hash "
+                f"{old_hash[:12] or 'unknown'} then, {self.suite_hash[:12]} now); a run is resumed only "
+                "with the suite it started with. Run without --resume to start a new run",
+                file=self.options.suite,
+                field="--resume",
+            )
+        names = [t.name for t in self.targets]
+        if info.get("target_names") != names:
+            raise InputError(
+                f"run {run_dir.name} was started for targets {info.get('target_names')}, this command "
+                f"selects {names}; resume it with the same --target/--emulator-only options",
+                file=self.options.suite,
+                field="--resume",
+            )
+        self.previous = info
+
     def _load_previous_rows(self) -> None:
         path = self.run_dir / "records.parquet"
-        if not path.exists():
+        if not path.exists() and not (self.run_dir / "records.csv").exists():
+            self.progress.say(f"resuming {self.run_dir}: nothing was measured yet")
             return
-        frame = records.read_records(path)
+        frame = records.read_records(self.run_dir)
         for row in frame.to_dict("records"):
+            # failed rows are measured again: their failure may have been the interruption itself
             if row.get("status") in ("ok", "mismatch"):
                 self.rows[_row_key(row)] = row
-        self.console.print(f"resuming {self.run_dir} with {len(self.rows)} measured rows", markup=False)
+        self.progress.say(f"resuming {self.run_dir} with {len(self.rows)} measured rows")
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -226,24 +338,35 @@ class Run:
         log_dir = self.run_dir / target.name
         log_dir.mkdir(exist_ok=True)
         backend = targets.make_backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
+        self._note_board_id(target, backend)
         measure = self.suite.measure
+        levels = [lv.device_level for lv in prepared.levels]
         with (log_dir / "uart.log").open("a", encoding="utf-8") as log, backend.session(image.elf) as link:
             log.write(f"# {dt.datetime.now(dt.timezone.utc).isoformat()} {qm.name} on {link.description}\n")
             client = DeviceClient(link.port, timeout=measure.timeout_s, log=log)
+            label = f"{target.name}: {qm.name}, {len(levels)} level(s) × {len(eval_x_q)} samples"
             try:
-                result = run_session(
-                    client,
-                    expected,
-                    eval_x_q,
-                    [lv.device_level for lv in prepared.levels],
-                    repetitions=measure.repetitions,
-                    warmup=measure.warmup,
-                )
+                with self.progress.task(label, total=len(levels) * len(eval_x_q)) as task:
+                    result = run_session(
+                        client,
+                        expected,
+                        eval_x_q,
+                        levels,
+                        repetitions=measure.repetitions,
+                        warmup=measure.warmup,
+                        progress=task.count_callback(),
+                    )
             except DeviceError as exc:
                 extra = link.diagnostics().strip()
                 if extra:
                     exc.last_lines = [*exc.last_lines, *extra.splitlines()[-5:]]
                 raise
+            finally:
+                # How often a command was sent again: a corrupt reply, a request the device read
+                # corrupted (`? err crc`), or the boot banner arriving during `hello`.
+                log.write(f"# session end: {client.retried} command(s) resent\n")
+                info = self.provenance["targets"][target.name]
+                info["uart_retries"] = int(info.get("uart_retries", 0)) + client.retried
         figures = {}
         for lv in result.levels:
             figures[lv.level] = {
@@ -252,6 +375,13 @@ class Run:
                 "layer_cycles": lv.layer_cycles,
             }
         return figures, result.stack_bytes
+
+    def _note_board_id(self, target: targets.Target, backend: Backend) -> None:
+        """The unique ID of the board that runs the target (None for an emulator) into run.json."""
+        info = self.provenance["targets"][target.name]
+        if info.get("board_id") is not None:
+            return
+        info["board_id"] = board_id(backend)
 
     # -- records ------------------------------------------------------------------------------
 
@@ -284,106 +414,207 @@ class Run:
             row = self._base_row(prep, model, i, target) | {"status": "failed", "error": error}
             self.rows[_row_key(row)] = row
 
+    def _ordered_rows(self) -> list[dict[str, Any]]:
+        """Rows in the suite's order (entry, then target, then level), however they were measured:
+        a resumed run writes the same file as an uninterrupted one."""
+        entries = {e.name: i for i, e in enumerate(self.suite.models)}
+        target_order = {t.name: i for i, t in enumerate(self.targets)}
+
+        def order(key: RowKey) -> tuple[int, int, int, str, str]:
+            entry, fmt, level, target = key
+            return (entries.get(entry, len(entries)), target_order.get(target, 99), level, entry, fmt)
+
+        return [self.rows[k] for k in sorted(self.rows, key=order)]
+
     def _write_records(self) -> pd.DataFrame:
-        frame = records.records_frame(list(self.rows.values()))
+        frame = records.records_frame(self._ordered_rows())
         records.write_records(self.run_dir, frame)
         return frame
 
     def _write_run_json(self, status: str) -> None:
-        doc = {"status": status, "suite": str(self.options.suite), **self.provenance}
-        atomic_write_text(self.run_dir / "run.json", json.dumps(doc, indent=1, sort_keys=True, default=str))
+        doc = {**self.provenance, "status": status}
+        atomic_write_text(self.run_dir / RUN_JSON, json.dumps(doc, indent=1, sort_keys=True, default=str))
+
+    def _start_provenance(self) -> None:
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        targets_info = {
+            t.name: {
+                "board": t.board,
+                "backend": t.backend,
+                "cycle_source": t.cycle_source,
+                "clock_hz": t.clock_hz,
+                "board_id": None,
+                "uart_retries": 0,
+            }
+            for t in self.targets
+        }
+        self.provenance = {
+            "run_id": self.run_dir.name,
+            "run_dir": str(self.run_dir),
+            "suite": str(self.options.suite),
+            "suite_name": self.suite.name,
+            "suite_hash": self.suite_hash,
+            "target_names": [t.name for t in self.targets],
+            "started": now,
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "git": provenance.git_state(ROOT),
+            "tools": provenance.tool_versions(),
+            "targets": targets_info,
+            "baselines": str(self.baselines_root / self.suite.name),
+            "models": {},
+            "builds": {},
+            "resumed": [],
+        }
+        if self.previous:
+            # Keep what the interrupted part measured with: its start, builds and board IDs.
+            self.provenance["started"] = self.previous.get("started", now)
+            self.provenance["builds"] = dict(self.previous.get("builds") or {})
+            self.provenance["resumed"] = [*(self.previous.get("resumed") or []), now]
+            for name, info in (self.previous.get("targets") or {}).items():
+                if name in targets_info and isinstance(info, dict):
+                    targets_info[name]["board_id"] = info.get("board_id")
+                    targets_info[name]["uart_retries"] = int(info.get("uart_retries") or 0)
 
     # -- the run ------------------------------------------------------------------------------
 
     def execute(self) -> int:
+        try:
+            return self._execute()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                with contextlib.suppress(OSError):
+                    (self.run_dir / LOCK_FILE).unlink()
+
+    def _execute(self) -> int:
         started = time.time()
-        self.provenance = {
-            "run_dir": str(self.run_dir),
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "git": provenance.git_state(ROOT),
-            "tools": provenance.tool_versions(),
-            "targets": {
-                t.name: {
-                    "board": t.board,
-                    "backend": t.backend,
-                    "cycle_source": t.cycle_source,
-                    "clock_hz": t.clock_hz,
-                }
-                for t in self.targets
-            },
-            "models": {},
-            "builds": {},
-        }
+        self._start_provenance()
         self._write_run_json("running")
+        try:
+            self._measure_all()
+        except BaseException as exc:
+            # Keep what was measured and say why the run stopped; --resume continues from here.
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
+            self.provenance["stopped"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            if not isinstance(exc, KeyboardInterrupt):
+                self.provenance["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if self.rows:
+                self._write_records()
+            self._write_run_json(status)
+            raise
+        return self._finish(started)
+
+    def _measure_all(self) -> None:
         dataset = self._load_dataset()
         n = self.suite.samples or len(dataset.x_test)
         eval_x, eval_y = dataset.x_test[:n], dataset.y_test[:n]
-        say = self.console.print
-
         self.eval_x = eval_x
+        say = self.progress.say
         for entry in self.suite.models:
-            say(f"[bold]{escape(entry.name)}[/]: {entry.trainer} · {entry.arch} · {entry.format}")
-            prep = prepare_entry(
-                self.cache,
-                self.suite,
-                entry,
-                dataset,
-                eval_x,
-                eval_y,
-                refresh=self.options.no_cache,
-                progress=self._progress(f"train {entry.name}"),
+            say(
+                f"[bold]{escape(entry.name)}[/]: {entry.trainer} · {entry.arch} · {entry.format}", markup=True
             )
+            with self.progress.task(f"train {entry.name}", total=1.0) as task:
+                prep = prepare_entry(
+                    self.cache,
+                    self.suite,
+                    entry,
+                    dataset,
+                    eval_x,
+                    eval_y,
+                    refresh=self.options.no_cache,
+                    progress=task.fraction_callback(),
+                )
             note = "cached" if prep.cached else f"{prep.train_seconds:.1f} s"
             accuracies = [(lv.sparsity, lv.accuracy_host) for m in prep.models for lv in m.levels]
             if len(accuracies) == 1:
                 summary = f"{accuracies[0][1]:.2%}"
             else:
                 summary = ", ".join(f"{s:.0%} sparse {a:.2%}" for s, a in accuracies)
-            say(f"  trained ({note}); int8 host accuracy {summary}", markup=False)
+            say(f"  trained ({note}); int8 host accuracy {summary}")
             for model in prep.models:
                 self.provenance["models"][f"{entry.name}/{model.qmodel.name}"] = model.model_hash
                 self._run_model_on_targets(prep, model, eval_y)
 
+    def _finish(self, started: float) -> int:
         frame = self._write_records()
         verdicts = self._compare(frame)
+        atomic_write_text(
+            self.run_dir / "comparison.json",
+            json.dumps(baselines.comparisons_to_json(verdicts), indent=1) + "\n",
+        )
+        code = self._exit_code(frame, verdicts)
+        updates = (
+            baselines.update_baselines(frame, self.baselines_root, self.suite.name)
+            if self.options.update_baselines
+            else []
+        )
         self.provenance["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         self.provenance["wall_time_s"] = round(time.time() - started, 2)
-        report.write_report_md(self.run_dir, frame, verdicts, self.provenance)
-        self._write_run_json("complete")
+        self.provenance["exit_code"] = code
+        shown = {**self.provenance, "status": COMPLETE}
+        files = report.write_report(self.run_dir, frame, verdicts, shown)
+        paths: dict[str, Any] = {
+            "run_dir": self.run_dir,
+            "records_csv": self.run_dir / "records.csv",
+            "records_parquet": self.run_dir / "records.parquet",
+            "run_json": self.run_dir / RUN_JSON,
+            "comparison": self.run_dir / "comparison.json",
+            "report_md": files.md,
+            "report_html": files.html,
+            "plots": [str(p) for p in files.plot_paths()],
+            "uart_logs": [str(self.run_dir / t.name / "uart.log") for t in self.targets],
+            "junit": self.run_dir / "junit.xml",
+            "summary": self.run_dir / "summary.json",
+        }
+        if self.options.junit:
+            paths["junit_copy"] = self.options.junit
+        if self.options.summary_json:
+            paths["summary_copy"] = self.options.summary_json
+        summary = ci_outputs.build_summary(
+            frame, verdicts, exit_code=code, suite=self.suite.name, run_id=self.run_dir.name, paths=paths
+        )
+        junit = ci_outputs.junit_xml(frame, verdicts, suite=self.suite.name, run_dir=self.run_dir)
+        ci_outputs.write_outputs(
+            self.run_dir,
+            summary,
+            junit,
+            extra_summary=self.options.summary_json,
+            extra_junit=self.options.junit,
+        )
+        self._write_run_json(COMPLETE)  # last: a complete run.json means every file is there
         report.print_summary(self.console, frame, verdicts)
-        say(f"run folder: {self.run_dir}", markup=False)
-        return self._exit_code(frame, verdicts)
-
-    def _progress(self, label: str) -> Callable[[float, str], None] | None:
-        if self.options.quiet or not self.console.is_terminal:
-            return None
-        last = [-1]
-
-        def show(fraction: float, status: str) -> None:
-            pct = int(fraction * 100)
-            if pct // 10 != last[0] // 10:
-                last[0] = pct
-                self.console.print(f"  {label}: {pct:3d}% {status}", highlight=False, markup=False)
-
-        return show
+        if self.options.update_baselines:
+            self.console.print(f"baselines updated in {self.baselines_root}:", markup=False, highlight=False)
+            for line in updates:
+                self.console.print(f"  {line}", markup=False, highlight=False)
+        self.console.print(f"run folder: {self.run_dir}", markup=False, highlight=False)
+        return code
 
     def _run_model_on_targets(self, prep: PreparedEntry, model: PreparedModel, eval_y: np.ndarray) -> None:
         x_q = None
         for target in self.targets:
             keys = [_row_key(self._base_row(prep, model, i, target)) for i in range(len(model.levels))]
             if all(k in self.rows for k in keys):
-                self.console.print(f"  {target.name}: already measured (resume)", markup=False)
+                self.progress.say(f"  {target.name}: already measured (resume)")
                 continue
             availability = targets.availability(target, ROOT)
             if not availability.usable:
-                self.console.print(f"  [red]{target.name}: not usable here: {escape(availability.reason)}[/]")
+                self.progress.error(
+                    f"  [red]{target.name}: not usable here: {escape(availability.reason)}[/]", markup=True
+                )
                 self._failed_rows(prep, model, target, f"target not usable: {availability.reason}")
                 continue
             try:
-                image = self._build(model, target)
-                self.provenance["builds"][f"{prep.entry.name}@{target.name}"] = {
+                with self.progress.task(f"build {model.qmodel.name} for {target.name}"):
+                    image = self._build(model, target)
+                self.provenance["builds"][f"{prep.entry.name}/{model.qmodel.name}@{target.name}"] = {
                     "build_id": image.build_id,
                     "flags": image.flags,
+                    "flash_bytes": image.flash_bytes,
+                    "ram_bytes": image.ram_bytes,
                 }
                 if x_q is None:
                     x_q = quantize_input(self.eval_x, model.qmodel.tensors[model.qmodel.input])
@@ -391,10 +622,10 @@ class Run:
             except InfraError as exc:
                 lines = getattr(exc, "last_lines", [])
                 detail = str(exc) + (
-                    "\n    last UART lines:\n      " + "\n      ".join(lines[-8:]) if lines else ""
+                    "\n    last UART lines:\n      " + "\n      ".join(lines[-_UART_LINES:]) if lines else ""
                 )
-                self.console.print(f"  [red]{target.name}: FAILED: {escape(detail)}[/]")
-                self._failed_rows(prep, model, target, _one_line(exc))
+                self.progress.error(f"  [red]{target.name}: FAILED: {escape(detail)}[/]", markup=True)
+                self._failed_rows(prep, model, target, failure_text(exc))
                 self._write_records()
                 continue
             for i, lv in enumerate(model.levels):
@@ -421,22 +652,23 @@ class Run:
                 }
                 self.rows[_row_key(row)] = row
                 mark = "bit-exact" if same else "[red]MISMATCH with host reference[/]"
-                self.console.print(
+                line = (
                     f"  {target.name} level {lv.level} ({lv.sparsity:.2f}): "
                     f"{row['cycles']:,} {target.cycle_source}, accuracy {row['accuracy_device']:.3f}, {mark}"
                 )
+                if same:
+                    self.progress.say(line, markup=True)
+                else:
+                    self.progress.error(line, markup=True)
             self._write_records()
 
     def _compare(self, frame: pd.DataFrame) -> dict[str, baselines.Comparison]:
         verdicts = {}
         for target in self.targets:
             current = frame[frame["target"] == target.name]
-            path = BASELINES / self.suite.name / f"{target.name}.csv"
-            base = baselines.load_baseline(path) if path.exists() else None
-            verdicts[target.name] = baselines.compare(current, base, self.suite.tolerances)
-        if self.options.update_baselines:
-            for line in baselines.update_baselines(frame, BASELINES, self.suite.name):
-                self.console.print(f"baseline: {line}", markup=False)
+            verdicts[target.name] = baselines.compare(
+                current, self.baselines.get(target.name), self.suite.tolerances
+            )
         return verdicts
 
     @staticmethod
@@ -448,15 +680,25 @@ class Run:
         return EXIT_OK
 
 
-def _one_line(exc: Exception, limit: int = 400) -> str:
-    """The gist of an error for the record's `error` cell: its first lines, joined."""
-    lines = [
-        line.strip()
-        for line in str(exc).splitlines()
-        if line.strip() and not line.strip().startswith("hint:")
-    ]
-    text = " ".join(lines[:3])
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def board_id(backend: Backend) -> str | None:
+    """The unique ID of the board behind a backend: a board backend's probe UID (which also names
+    its serial port), None for an emulator. Resolving lists probes and ports, nothing is flashed."""
+    resolve = getattr(backend, "resolve", None)
+    if backend.kind != "board" or resolve is None:
+        return None
+    probe, _port = resolve()
+    return str(probe.unique_id)
+
+
+def failure_text(exc: Exception) -> str:
+    """A failed row's error cell: the error (without its hint) and the last UART lines."""
+    lines = [line.rstrip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.strip().startswith("hint:")]
+    text = "\n".join(lines[:6])
+    last = getattr(exc, "last_lines", None) or []
+    if last:
+        text += "\nlast UART lines:\n" + "\n".join(f"  {line}" for line in last[-_UART_LINES:])
+    return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
 
 
 def _mismatch_detail(device: np.ndarray, host: np.ndarray) -> str:

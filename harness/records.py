@@ -95,6 +95,13 @@ _FRACTIONS = ("accuracy_float", "accuracy_host", "accuracy_device", "sparsity")
 SOURCE_LINES = "source_lines"
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _LAYER_RE = re.compile(r"^[^;=\s]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tabs and newlines are text (an error message)
+_INT_MAX = 2**63 - 1  # Int64
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """A cell as shown in an error message: huge cells are cut."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
 
 
 # --- cycles_per_layer --------------------------------------------------------------------------------
@@ -236,14 +243,34 @@ def read_records_csv(path: Path, *, required: Collection[str] = RECORD_COLUMNS) 
     ``attrs[SOURCE_LINES]`` holds each row's line, for later checks to point at."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             return _parse_csv(path, csv.reader(handle, strict=True), required)
     except FileNotFoundError:
         raise InputError("file not found", file=path) from None
-    except UnicodeDecodeError:
-        raise InputError("not UTF-8 text", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+    except IsADirectoryError:
+        raise InputError("is a folder, expected a CSV file", file=path) from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}", file=path) from None
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> InputError:
+    """Locate the first byte that is not UTF-8: its line, and its column when the header parses."""
+    data = exc.object if isinstance(exc.object, bytes) else Path(path).read_bytes()
+    line = data[: exc.start].count(b"\n") + 1
+    message = f"not UTF-8 text (byte 0x{data[exc.start]:02x})"
+    text = data.decode("utf-8", errors="replace").splitlines()
+    column = "header" if line == 1 else "encoding"
+    if line > 1 and text:
+        header = next(csv.reader([text[0]]), [])
+        cells = next(csv.reader([text[line - 1]]), [])
+        for name, cell in zip(header, cells, strict=False):
+            if "\ufffd" in cell:
+                column = name.strip()
+                break
+    return InputError(message, file=path, line=line, field=column)
 
 
 def _parse_csv(path: Path, reader: Iterable[list[str]], required: Collection[str]) -> pd.DataFrame:
@@ -259,7 +286,7 @@ def _parse_csv(path: Path, reader: Iterable[list[str]], required: Collection[str
         except StopIteration:
             break
         except csv.Error as exc:
-            raise InputError(f"CSV syntax error: {exc}", file=path, line=start) from None
+            raise InputError(f"CSV syntax error: {exc}", file=path, line=start, field="CSV") from None
         line = getattr(reader, "line_num", start)
         if header is None:
             header = [c.strip() for c in cells]
@@ -268,7 +295,9 @@ def _parse_csv(path: Path, reader: Iterable[list[str]], required: Collection[str
         if not any(c.strip() for c in cells):
             continue  # a blank line
         if len(cells) != len(header):
-            raise InputError(f"{len(cells)} cells, the header has {len(header)}", file=path, line=start)
+            raise InputError(
+                f"{len(cells)} cells, the header has {len(header)}", file=path, line=start, field="row"
+            )
         row = {}
         for column, cell in zip(header, cells, strict=True):
             try:
@@ -278,7 +307,9 @@ def _parse_csv(path: Path, reader: Iterable[list[str]], required: Collection[str
         rows.append(row)
         lines.append(start)
     if header is None:
-        raise InputError("empty file: expected a header line with the record columns", file=path)
+        raise InputError(
+            "empty file: expected a header line with the record columns", file=path, line=1, field="header"
+        )
     frame = records_frame(rows)
     frame.attrs[SOURCE_LINES] = lines
     return frame
@@ -288,27 +319,31 @@ def _check_header(path: Path, header: list[str], required: Collection[str]) -> N
     seen: set[str] = set()
     for name in header:
         if name not in DTYPES:
-            raise InputError(f"unknown column {name!r}", file=path, line=1, field=name or "(empty)")
+            raise InputError(
+                f"unknown column {_clip(name)!r}", file=path, line=1, field=_clip(name) or "(empty)"
+            )
         if name in seen:
             raise InputError(f"column {name!r} appears twice", file=path, line=1, field=name)
         seen.add(name)
     missing = [c for c in required if c not in seen]
     if missing:
-        raise InputError(f"missing columns: {', '.join(missing)}", file=path, line=1)
+        raise InputError(f"missing columns: {', '.join(missing)}", file=path, line=1, field=missing[0])
 
 
 def _parse_cell(column: str, cell: str) -> Any:
     text = cell.strip()
     if column == "status":
         if text not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {cell!r}")
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {_clip(cell)!r}")
         return text
     if not text:
         return None
     kind = DTYPES[column]
     if kind == "Int64":
         if not _INT_RE.match(text):
-            raise ValueError(f"expected an integer, got {cell!r}")
+            raise ValueError(f"expected an integer, got {_clip(cell)!r}")
+        if len(text.lstrip("+-0")) > 19 or abs(int(text)) > _INT_MAX:
+            raise ValueError(f"integer out of range (at most {_INT_MAX}), got {_clip(cell)}")
         value = int(text)
         if value < 0:
             raise ValueError(f"expected a count ≥ 0, got {value}")
@@ -317,14 +352,16 @@ def _parse_cell(column: str, cell: str) -> Any:
         try:
             number = float(text)
         except ValueError:
-            raise ValueError(f"expected a number, got {cell!r}") from None
+            raise ValueError(f"expected a number, got {_clip(cell)!r}") from None
         if not math.isfinite(number):
-            raise ValueError(f"expected a finite number, got {cell!r}")
+            raise ValueError(f"expected a finite number, got {_clip(cell)!r}")
         if column in _FRACTIONS and not 0.0 <= number <= 1.0:
             raise ValueError(f"expected a fraction in [0, 1], got {number}")
         return number
+    if _CONTROL_RE.search(cell if column == "error" else text):
+        raise ValueError(f"control character in {_clip(cell)!r}")
     if column == "cycle_source" and text not in CYCLE_SOURCES:
-        raise ValueError(f"cycle_source must be one of {', '.join(CYCLE_SOURCES)}, got {cell!r}")
+        raise ValueError(f"cycle_source must be one of {', '.join(CYCLE_SOURCES)}, got {_clip(cell)!r}")
     if column == "cycles_per_layer":
         parse_cycles_per_layer(text)
     return cell

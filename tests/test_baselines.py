@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from harness.baselines import RowKey, compare, load_baseline, load_baselines, update_baselines
+from harness.atomic import atomic_write_frame as write_records_csv
+from harness.baselines import (
+    RowKey,
+    compare,
+    comparisons_from_json,
+    comparisons_to_json,
+    load_baseline,
+    load_baselines,
+    update_baselines,
+)
 from harness.errors import InputError
 from harness.records import RECORD_COLUMNS, records_frame, write_records
 from harness.suite import Tolerance, Tolerances
@@ -278,7 +288,7 @@ def test_update_baselines(tmp_path: Path) -> None:
     summary = update_baselines(second, root, "s")
     text = "\n".join(summary)
     assert f"{TARGET}.csv: 1 added, 0 removed, 1 changed" in text
-    assert "dense/dense/0: cycles 1000 → 900" in text
+    assert "dense/dense/0: cycles 1,000 → 900 (-100, -10.00 %)" in text
     assert "b/dense/0: failed in this run, previous baseline row kept" in text
     after = load_baseline(root / "s" / f"{TARGET}.csv")
     assert list(after["entry"]) == ["b", "c", "dense"]
@@ -299,3 +309,39 @@ def test_update_writes_nothing_when_everything_failed(tmp_path: Path) -> None:
 def test_update_rejects_odd_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         update_baselines(records_frame([row()]), tmp_path, "../escape")
+
+
+def test_update_shows_each_changed_metric(tmp_path: Path) -> None:
+    update_baselines(records_frame([row()]), tmp_path, "s")
+    changed = records_frame([row(accuracy_device=0.85, flash_bytes=5100, index_bytes=0, fw_build="x1")])
+    (head, line) = update_baselines(changed, tmp_path, "s")
+    assert head.endswith("0 added, 0 removed, 1 changed")
+    assert line == (
+        "  dense/dense/0: accuracy_device 90.00 % → 85.00 % (-5.00 pt); "
+        "index_bytes 100 → 0 (-100, -100.00 %); flash_bytes 5,000 → 5,100 (+100, +2.00 %); also fw_build"
+    )
+
+
+def test_saved_comparison_round_trip() -> None:
+    current = records_frame(
+        [row(cycles=1100), row(entry="b", status="failed", cycles=None), row(entry="new")]
+    )
+    baseline = records_frame([row(), row(entry="b"), row(entry="gone")])
+    comparison = compare(current, baseline, Tolerances())
+    doc = json.loads(json.dumps(comparisons_to_json({TARGET: comparison})))
+    back = comparisons_from_json(doc)[TARGET]
+    assert back == comparison
+    assert back.verdict == "regression" and back.row_status(RowKey(TARGET, "b", "dense", 0)) == "failed"
+    with pytest.raises(ValueError, match="not a saved comparison"):
+        comparisons_from_json({TARGET: {"rows": [{"metric": "cycles"}]}})
+
+
+def test_baseline_of_another_suite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s" / f"{TARGET}.csv"
+    path.parent.mkdir()
+    write_records_csv(path, records_frame([row(), row(entry="b", suite="other")]))
+    assert len(load_baseline(path)) == 2  # without a suite to check against
+    with pytest.raises(InputError) as info:
+        load_baseline(path, "s")
+    assert (info.value.line, info.value.field) == (3, "suite")
+    assert "row of suite 'other' in the baseline of suite 's'" in str(info.value)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.atomic import atomic_write_bytes, atomic_write_frame, atomic_write_text, atomic_write_with
-from harness.errors import InputError
+from harness.errors import InfraError, InputError
 from harness.records import (
     DTYPES,
     RECORD_COLUMNS,
@@ -186,3 +186,74 @@ def test_parquet_missing_columns(tmp_path: Path) -> None:
     records_frame([ok_row()]).drop(columns=["cycles"]).to_parquet(path)
     with pytest.raises(InputError, match="missing columns: cycles"):
         read_records(path)
+
+
+def test_csv_encoding_problems_are_located(tmp_path: Path) -> None:
+    frame = records_frame([ok_row(), ok_row(entry="half", level=1, sparsity=0.5)])
+    write_records(tmp_path, frame)
+    text = (tmp_path / "records.csv").read_text()
+    # a byte-order mark (spreadsheet export) is not part of the first column's name
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    pd.testing.assert_frame_equal(read_records_csv(path), frame, check_like=True)
+    # a Latin-1 byte in the second data row: its line and its column
+    path.write_bytes(text.replace(",half,", ",h\u00e4lf,").encode("latin-1"))
+    with pytest.raises(InputError) as info:
+        read_records_csv(path)
+    assert (info.value.line, info.value.field) == (3, "entry")
+    assert "not UTF-8 text (byte 0xe4)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("cycles", "9" * 30, "integer out of range"),
+        ("cycles", "9223372036854775808", "integer out of range"),
+        ("entry", "de\x00nse", "control character"),
+        ("error", "bell \x07", "control character"),
+    ],
+)
+def test_csv_cells_that_do_not_fit(tmp_path: Path, column: str, value: str, message: str) -> None:
+    frame = records_frame([ok_row()])
+    frame[column] = frame[column].astype(object)
+    frame.loc[0, column] = value
+    path = tmp_path / "r.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(InputError) as info:
+        read_records_csv(path)
+    assert (info.value.line, info.value.field) == (2, column) and message in str(info.value)
+    assert len(str(info.value)) < 300  # a huge cell is not echoed whole
+
+
+def test_csv_error_cell_keeps_newlines_and_tabs(tmp_path: Path) -> None:
+    frame = records_frame([ok_row(status="failed", error="no reply\n\tlast UART lines:\n  > 5 hello*0")])
+    write_records(tmp_path, frame)
+    assert (
+        read_records_csv(tmp_path / "records.csv").loc[0, "error"]
+        == "no reply\n\tlast UART lines:\n  > 5 hello*0"
+    )
+
+
+def test_a_folder_is_not_a_records_file(tmp_path: Path) -> None:
+    (tmp_path / "x.csv").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        read_records_csv(tmp_path / "x.csv")
+
+
+def test_board_id_for_run_json() -> None:
+    # The board's ID in run.json is its probe's UID (the one flashed and talked to); an emulator has none.
+    from harness.backends.board import BoardBackend, PortInfo, ProbeInfo
+    from harness.backends.qemu import QemuBackend
+    from harness.pipeline import board_id
+
+    uid = "066DFF495051717867154024"
+    board = BoardBackend(
+        pyocd_target="stm32f767zi",
+        probes=lambda: [ProbeInfo(uid, "NUCLEO-F767ZI")],
+        ports=lambda: [PortInfo("/dev/ttyACM0", uid, "STM32 STLink")],
+    )
+    assert board_id(board) == uid
+    assert board_id(QemuBackend("-machine mps2-an500")) is None
+    lost = BoardBackend(pyocd_target="stm32f767zi", probes=lambda: [], ports=lambda: [])
+    with pytest.raises(InfraError, match="no debug probe"):
+        board_id(lost)  # fails like the session would: the row is marked failed with this reason

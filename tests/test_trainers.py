@@ -112,10 +112,43 @@ def test_dense_trainer_serves_level_zero_whatever_the_suite_lists(digits: Datase
     assert model.meta["requested_levels"] == [0.7, 0.8, 0.9]
 
 
+def test_dense_qat_fine_tunes_on_fake_int8_and_keeps_the_int8_accuracy(digits: Dataset) -> None:
+    from harness import quantize, reference
+
+    base = DenseTrainer().train(_request(digits, epochs=4))[0]
+    qat = DenseTrainer().train(_request(digits, epochs=4, qat_epochs=1, qat_lr=1e-4))[0]
+    assert "qat_test_accuracy_per_level" not in base.meta
+    assert len(qat.meta["qat_test_accuracy_per_level"]) == 1 and len(qat.meta["qat_train_loss"]) == 1
+    # the same 4 epochs, then one QAT epoch: the weights moved, batch-norm statistics did not
+    assert not np.array_equal(base.params["conv2"]["weight"], qat.params["conv2"]["weight"])
+    np.testing.assert_array_equal(base.params["conv2"]["bn_mean"], qat.params["conv2"]["bn_mean"])
+
+    def int8(model: TrainedModel) -> float:
+        qm = quantize.quantize(model, digits.x_train[:256], digits.input_range, name="d")
+        x_q = quantize.quantize_input(digits.x_test, qm.tensors[qm.input])
+        return float(np.mean(reference.run_int8(qm, x_q).argmax(1) == digits.y_test))
+
+    # fake-quant accuracy during QAT predicts the real int8 accuracy
+    assert abs(int8(qat) - qat.meta["qat_test_accuracy_per_level"][-1][0]) <= 0.02
+    assert int8(qat) >= int8(base) - 0.02
+
+
+def test_trainer_metadata_for_the_harness() -> None:
+    assert DenseTrainer.serves == "one"
+    spec = ARCHS["digits_cnn"]((8, 8, 1), 10)
+    DenseTrainer.check(spec, (0.7, 0.8), {"epochs": 2})  # dense accepts any levels
+    assert isinstance(DenseTrainer.parse_options({"epochs": 2}), DenseOptions)
+    with pytest.raises(pydantic.ValidationError):
+        DenseTrainer.parse_options({"epoch": 2})
+
+
 def test_registry_finds_dense_through_its_entry_point() -> None:
     assert get_trainer("dense") is DenseTrainer
     assert available_trainers()["dense"] is DenseTrainer
     assert "dense" in trainer_names()
+    # the built-in sparse trainers register the same way
+    assert {"nested", "standalone", "dsnn"} <= set(trainer_names())
+    assert {get_trainer(n).serves for n in ("nested", "standalone", "dsnn")} == {"all", "per_level"}
     with pytest.raises(KeyError, match="dense"):
         get_trainer("no-such-trainer")
 

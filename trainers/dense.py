@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +38,13 @@ class DenseOptions(TrainerOptions):
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     threads: int = Field(1, ge=1)
+    # Quantization-aware fine-tuning after training (trainers/qat.py): epochs, and its learning rate
+    # (None: a tenth of `lr`).
+    qat_epochs: int = Field(0, ge=0)
+    qat_lr: float | None = Field(None, gt=0.0)
+
+    def qat_learning_rate(self) -> float:
+        return self.qat_lr if self.qat_lr is not None else self.lr / 10.0
 
 
 @contextmanager
@@ -73,6 +81,20 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
         idx = order[start : start + batch_size]
         if len(idx) > 1 or n == 1:
             yield idx
+
+
+def scaled_progress(
+    progress: Callable[[float, str], None] | None, lo: float, hi: float
+) -> Callable[[float, str], None] | None:
+    """A progress callback mapping [0, 1] onto [lo, hi] of `progress` (None stays None)."""
+    if progress is None:
+        return None
+    report = progress
+
+    def scaled(fraction: float, text: str) -> None:
+        report(lo + (hi - lo) * fraction, text)
+
+    return scaled
 
 
 def accuracy(module: SpecModule, x: np.ndarray, y: np.ndarray, device: str) -> float:
@@ -149,9 +171,34 @@ class DenseTrainer(Trainer):
         if not isinstance(opt, DenseOptions):
             opt = DenseOptions.model_validate(opt.model_dump() if hasattr(opt, "model_dump") else opt)
         start = time.perf_counter()
+        total_epochs = opt.epochs + opt.qat_epochs
+        main_progress = scaled_progress(request.progress, 0.0, opt.epochs / total_epochs)
         with deterministic_torch(request.seed, opt.threads):
             module = build_module(request.spec).to(request.device)
-            curves = train_epochs(module, request, opt)
+            curves = train_epochs(module, replace(request, progress=main_progress), opt)
+            if opt.qat_epochs:
+                from trainers.qat import qat_finetune, qat_plan  # qat builds on this module
+
+                ds = request.dataset
+                curves.update(
+                    qat_finetune(
+                        module,
+                        ds.x_train,
+                        ds.y_train,
+                        ds.x_test,
+                        ds.y_test,
+                        ds.input_range,
+                        opt,
+                        qat_plan((0.0,)),
+                        {},
+                        epochs=opt.qat_epochs,
+                        lr=opt.qat_learning_rate(),
+                        seed=request.seed,
+                        device=request.device,
+                        report=scaled_progress(request.progress, opt.epochs / total_epochs, 1.0),
+                    )
+                )
+            final = accuracy(module, request.dataset.x_test, request.dataset.y_test, request.device)
             params = export_params(module, request.spec)
         wall = time.perf_counter() - start
         meta: dict[str, Any] = {
@@ -161,9 +208,10 @@ class DenseTrainer(Trainer):
             "seed": request.seed,
             "device": request.device,
             "requested_levels": list(request.levels),
+            "served_levels": [0.0],
             "torch": torch.__version__,
             **curves,
             "wall_time_s": wall,
-            "test_accuracy_final": curves["test_accuracy"][-1],
+            "test_accuracy_final": final,  # float, the exported weights
         }
         return [TrainedModel(spec=request.spec, params=params, levels=(0.0,), masks={}, meta=meta)]

@@ -6,14 +6,23 @@ in NHWC order so its [out, in] weight is exactly the one graph.py describes.
 
 Sparse trainers mask weights through `MaskedConv2d` / `MaskedLinear`: each holds an optional `mask`
 (set per level by `set_level_masks`) and computes with `weight * mask`, so masked-out weights neither
-contribute to the output nor receive gradient.
+contribute to the output nor receive gradient. An optional `route` tensor scales the gradient that
+reaches each weight without changing the forward value (gradient routing between nested levels,
+trainers/joint.py).
+
+Quantization-aware training (trainers/qat.py) hooks in through plain attributes: `qat_weight` on
+conv/linear units (a fake-quant of the effective weight; a conv unit then computes with its batch
+norm folded into the weight using the running statistics, as the int8 model does), `qat_out` on
+every unit (a fake-quant of its output) and `qat_in` on the module (of the network input). All are
+None outside QAT and then cost nothing.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,32 +34,88 @@ from trainers.graph import INPUT, Activation, Add, Conv2d, GlobalAvgPool, Linear
 Params = dict[str, dict[str, np.ndarray]]
 
 
-class MaskedConv2d(nn.Conv2d):
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _RouteGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by `route` (elementwise)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(route)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (route,) = ctx.saved_tensors
+        return grad * route, None
+
+
+def route_grad(weight: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+    """`weight` in the forward pass; its gradient scaled by `route` in the backward pass."""
+    out = _RouteGrad.apply(weight, route)
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+class _Maskable:
+    """The mask/route state shared by the masked layers."""
+
+    weight: torch.Tensor
+    mask: torch.Tensor | None
+    route: torch.Tensor | None
+
+    def effective_weight(self) -> torch.Tensor:
+        """`weight * mask`, with gradients scaled by `route` when one is set."""
+        weight = self.weight if self.route is None else route_grad(self.weight, self.route)
+        return weight if self.mask is None else weight * self.mask
+
+    def stacked(self) -> bool:
+        """True when `mask` (and `route`) hold one slice per level: the batch is then L equal chunks,
+        chunk k computed with level k's weights (all levels in one forward, sharing batch norm)."""
+        return self.mask is not None and self.mask.dim() == self.weight.dim() + 1
+
+    def level_weights(self) -> list[torch.Tensor]:
+        assert self.mask is not None
+        out = []
+        for k in range(self.mask.shape[0]):
+            weight = self.weight if self.route is None else route_grad(self.weight, self.route[k])
+            out.append(weight * self.mask[k])
+        return out
+
+
+class MaskedConv2d(_Maskable, nn.Conv2d):
     """nn.Conv2d computing with `weight * mask` while a mask is set (None: dense)."""
 
-    mask: torch.Tensor | None
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.mask = None
+        self.route = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.mask is None else self.weight * self.mask
-        return self._conv_forward(x, weight, self.bias)
+        if self.stacked():
+            weights = self.level_weights()
+            chunks = x.chunk(len(weights))
+            return torch.cat(
+                [self._conv_forward(c, w, self.bias) for c, w in zip(chunks, weights, strict=True)]
+            )
+        return self._conv_forward(x, self.effective_weight(), self.bias)
 
 
-class MaskedLinear(nn.Linear):
+class MaskedLinear(_Maskable, nn.Linear):
     """nn.Linear computing with `weight * mask` while a mask is set (None: dense)."""
 
-    mask: torch.Tensor | None
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.mask = None
+        self.route = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.mask is None else self.weight * self.mask
-        return F.linear(x, weight, self.bias)
+        if self.stacked():
+            weights = self.level_weights()
+            chunks = x.chunk(len(weights))
+            return torch.cat([F.linear(c, w, self.bias) for c, w in zip(chunks, weights, strict=True)])
+        return F.linear(x, self.effective_weight(), self.bias)
 
 
 def _activation(x: torch.Tensor, act: Activation) -> torch.Tensor:
@@ -77,12 +142,31 @@ class ConvUnit(nn.Module):
             bias=node.bias,
         )
         self.bn = nn.BatchNorm2d(node.out_channels) if node.batchnorm else None
+        self.qat_weight: Transform | None = None
+        self.qat_out: Transform | None = None
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) with batch norm folded in from its running statistics, as the int8 model has."""
+        weight, bias = self.conv.effective_weight(), self.conv.bias
+        if self.bn is None:
+            return weight, bias
+        assert self.bn.running_mean is not None and self.bn.running_var is not None
+        gain = self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)
+        shift = self.bn.bias - self.bn.running_mean * gain
+        if bias is not None:
+            shift = shift + bias * gain
+        return weight * gain.reshape(-1, 1, 1, 1), shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
-        if self.bn is not None:
-            y = self.bn(y)
-        return _activation(y, self.act)
+        if self.qat_weight is not None:
+            weight, bias = self.folded()
+            y = self.conv._conv_forward(x, self.qat_weight(weight), bias)
+        else:
+            y = self.conv(x)
+            if self.bn is not None:
+                y = self.bn(y)
+        y = _activation(y, self.act)
+        return y if self.qat_out is None else self.qat_out(y)
 
 
 class LinearUnit(nn.Module):
@@ -92,10 +176,17 @@ class LinearUnit(nn.Module):
         super().__init__()
         self.act: Activation = node.act
         self.fc = MaskedLinear(in_features, node.out_features, bias=node.bias)
+        self.qat_weight: Transform | None = None
+        self.qat_out: Transform | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
-        return _activation(self.fc(flat), self.act)[:, :, None, None]
+        if self.qat_weight is not None:
+            y = F.linear(flat, self.qat_weight(self.fc.effective_weight()), self.fc.bias)
+        else:
+            y = self.fc(flat)
+        y = _activation(y, self.act)[:, :, None, None]
+        return y if self.qat_out is None else self.qat_out(y)
 
 
 class PoolUnit(nn.Module):
@@ -108,22 +199,32 @@ class PoolUnit(nn.Module):
             else nn.AvgPool2d(node.kernel, node.stride, node.padding, count_include_pad=False)
         )
 
+        self.qat_out: Transform | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x)
+        y = self.pool(x)
+        return y if self.qat_out is None else self.qat_out(y)
 
 
 class GapUnit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qat_out: Transform | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3), keepdim=True)
+        y = x.mean(dim=(2, 3), keepdim=True)
+        return y if self.qat_out is None else self.qat_out(y)
 
 
 class AddUnit(nn.Module):
     def __init__(self, node: Add) -> None:
         super().__init__()
         self.act: Activation = node.act
+        self.qat_out: Transform | None = None
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _activation(a + b, self.act)
+        y = _activation(a + b, self.act)
+        return y if self.qat_out is None else self.qat_out(y)
 
 
 class SpecModule(nn.Module):
@@ -154,8 +255,11 @@ class SpecModule(nn.Module):
         self._release = [
             [name for name, last in last_use.items() if last == i] for i in range(len(spec.nodes))
         ]
+        self.qat_in: Transform | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qat_in is not None:
+            x = self.qat_in(x)
         values: dict[str, torch.Tensor] = {INPUT: x.permute(0, 3, 1, 2)}
         for i, node in enumerate(self.spec.nodes):
             unit = self.units[node.name]

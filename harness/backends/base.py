@@ -39,3 +39,16 @@ def closing_port(port: serial.SerialBase) -> Iterator[serial.SerialBase]:
     finally:
         with contextlib.suppress(Exception):
             port.close()
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for emulator processes: the kernel kills the child when the harness dies, even by
+    SIGKILL, so no emulator outlives an interrupted run (Linux; a no-op elsewhere). The signal follows
+    the *thread* that started the child: start it from the thread that holds the session."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

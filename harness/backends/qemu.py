@@ -25,7 +25,7 @@ from typing import IO, ClassVar
 
 import serial
 
-from harness.backends.base import Backend, DeviceLink
+from harness.backends.base import Backend, DeviceLink, die_with_parent
 from harness.errors import InfraError
 
 _PTY_RE = re.compile(r"char device redirected to (\S+)")
@@ -115,6 +115,7 @@ class QemuBackend(Backend):
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

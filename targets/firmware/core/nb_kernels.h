@@ -2,7 +2,8 @@
  *   acc = bias[c] + sum w * (x - zp_in)         (out-of-bounds taps skipped = zero-point padding)
  *   out = clamp(requantize(acc, mult[c], shift[c]) + zp_out, act_min, act_max)
  * Activations are NHWC with batch 1. Kernels never allocate; shapes are checked by the runtime.
- * Every kernel's instruction count depends on shapes only, never on weight or activation values.
+ * Instruction counts depend on shapes and on a layer's requantization parameters (which path the
+ * dense kernels take), never on activation values.
  */
 #ifndef NB_KERNELS_H
 #define NB_KERNELS_H
@@ -44,8 +45,10 @@ void nb_add_s8(const nb_in_t *in0, const nb_in_t *in1, const nb_out_t *out, cons
 /* The plain-C convolution, also the fallback of the DSP path (exposed for tests and benchmarks). */
 void nb_conv2d_s8_generic(const nb_in_t *in, const nb_out_t *out, const nb_params_t *p);
 
-/* Largest im2col depth (kh*kw*cin) the DSP convolution handles; deeper layers use the generic path.
- * The scratch buffer is 2 columns of int16, i.e. 4 * NB_IM2COL_MAX_K bytes of RAM on DSP builds. */
+/* Largest im2col depth (kh*kw*cin) the DSP convolution handles; deeper layers use the generic path
+ * (fully connected layers take inputs up to 2 * NB_IM2COL_MAX_K). DSP builds keep one static
+ * scratch of 4 * NB_IM2COL_MAX_K + 16 bytes (two int16 im2col columns, then the layer's
+ * requantization table when it fits) and a raw patch of NB_IM2COL_MAX_K + 4 bytes. */
 #ifndef NB_IM2COL_MAX_K
 #define NB_IM2COL_MAX_K 1152u
 #endif

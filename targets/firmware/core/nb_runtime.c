@@ -1,6 +1,7 @@
 /* The model runner: validates the generated description, then dispatches each layer on (op, format).
- * A sparse format adds a case to nb_layer_kernel(); the run-time level reaches every kernel through
- * nb_params_t.level and selects the folded bias row here.
+ * conv2d and fc layers stored as csr or nested go through the model's nb_sparse_ops_t to the sparse
+ * kernel (nb_kernels_sparse.c), which reads the level's loop bounds and its dense-or-sparse choice
+ * from the layer's nb_sparse_t; the run-time level reaches every kernel through nb_params_t.level.
  */
 #include "nb_runtime.h"
 
@@ -67,6 +68,11 @@ static int nb_window_ok(const nb_layer_t *l, const nb_tensor_t *in, const nb_ten
            nb_window_out(in->w, l->kw, l->sw, l->pw) == out->w;
 }
 
+static int nb_is_sparse(const nb_layer_t *l)
+{
+    return l->format == NB_FMT_CSR || l->format == NB_FMT_NESTED;
+}
+
 static int nb_check_layer(const nb_model_t *m, const nb_layer_t *l)
 {
     if (!nb_tensor_ok(m, l->in0) || !nb_tensor_ok(m, l->out)) {
@@ -79,6 +85,11 @@ static int nb_check_layer(const nb_model_t *m, const nb_layer_t *l)
     const int has_requant = l->mult != NULL && l->shift != NULL;
     switch (l->op) {
     case NB_OP_CONV2D:
+        if (nb_is_sparse(l)) {
+            if (m->sparse == NULL) return NB_ERR_FORMAT;
+            return nb_window_ok(l, in, out) && has_requant && m->sparse->valid(m, l) ? NB_OK
+                                                                                       : NB_ERR_MODEL;
+        }
         if (l->format != NB_FMT_DENSE) return NB_ERR_FORMAT;
         return nb_window_ok(l, in, out) && l->weights != NULL && has_requant ? NB_OK : NB_ERR_MODEL;
     case NB_OP_DWCONV2D:
@@ -87,6 +98,11 @@ static int nb_check_layer(const nb_model_t *m, const nb_layer_t *l)
                    ? NB_OK
                    : NB_ERR_MODEL;
     case NB_OP_FC:
+        if (nb_is_sparse(l)) {
+            if (m->sparse == NULL) return NB_ERR_FORMAT;
+            return out->h == 1 && out->w == 1 && has_requant && m->sparse->valid(m, l) ? NB_OK
+                                                                                         : NB_ERR_MODEL;
+        }
         if (l->format != NB_FMT_DENSE) return NB_ERR_FORMAT;
         return out->h == 1 && out->w == 1 && l->weights != NULL && has_requant ? NB_OK : NB_ERR_MODEL;
     case NB_OP_MAXPOOL:
@@ -137,6 +153,11 @@ static int nb_check_model(const nb_model_t *m)
 
 static void nb_layer_kernel(const nb_model_t *m, const nb_layer_t *l, unsigned level)
 {
+    /* (op, format) pairs were checked by nb_check_model() */
+    if (nb_is_sparse(l)) {
+        m->sparse->run(m, l, level);
+        return;
+    }
     const nb_tensor_t *ti = &m->tensors[l->in0], *to = &m->tensors[l->out];
     const nb_in_t in = {m->arena + ti->offset, ti->h, ti->w, ti->c, ti->zero_point};
     const nb_out_t out = {m->arena + to->offset, to->h, to->w, to->c, to->zero_point};
@@ -150,7 +171,6 @@ static void nb_layer_kernel(const nb_model_t *m, const nb_layer_t *l, unsigned l
         .mult = l->mult, .shift = l->shift,
         .level = level, .fmt = l->fmt,
     };
-    /* (op, format) pairs were checked by nb_check_model(); only dense exists today */
     switch (l->op) {
     case NB_OP_CONV2D: nb_conv2d_s8(&in, &out, &p); break;
     case NB_OP_DWCONV2D: nb_dwconv2d_s8(&in, &out, &p); break;

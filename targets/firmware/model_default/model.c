@@ -6,7 +6,7 @@
 #include "model.h"
 
 /* layer 0 conv0: conv2d, dense, weights 8x3x3x2 */
-const int8_t nb_w_conv0[144] __attribute__((aligned(4))) = {
+const int8_t nb_w_conv0[144] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     98, 112, -73, 80, 13, 14, -106, 24, 127, 3, 69, -52, 30, -13, 123, -8,
     -49, 15, 109, -7, -11, 101, 87, -36, 46, -24, -1, 48, 22, -85, 3, 91,
     -89, -18, 95, 47, 81, -22, -24, -34, -111, -117, 6, -125, -94, 61, -68, -61,
@@ -17,20 +17,20 @@ const int8_t nb_w_conv0[144] __attribute__((aligned(4))) = {
     121, -88, -76, 123, -79, -55, 50, 123, -83, -32, -104, -96, -115, 92, -59, 5,
     83, 59, -59, 13, 73, 120, -92, 54, 120, 57, 63, 2, 18, -73, 53, 55,
 };
-const int32_t nb_b_conv0[8] __attribute__((aligned(4))) = {
+const int32_t nb_b_conv0[8] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -127, 1681, -2819, -3041, 1697, -956, -80, 2984,
 };
-const int32_t nb_m_conv0[8] __attribute__((aligned(4))) = {
+const int32_t nb_m_conv0[8] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1775050466, 1863803109, 1952555593, 2041308076, 2130060559, 1109406601, 1153782843, 1775050466,
 };
-const int32_t nb_s_conv0[8] __attribute__((aligned(4))) = {
+const int32_t nb_s_conv0[8] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -8, -8, -8, -8, -8, -7, -7, -8,
 };
 
 /* layer 1 pool0: maxpool, dense, weights - */
 
 /* layer 2 conv1: conv2d, dense, weights 14x3x3x8 */
-const int8_t nb_w_conv1[1008] __attribute__((aligned(4))) = {
+const int8_t nb_w_conv1[1008] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -83, 58, 121, -56, -30, -30, 90, -86, -93, -27, -83, 22, 88, -76, 107, 20,
     56, 118, 62, 111, -84, -29, 80, -17, -111, 81, 17, -119, -38, -81, 126, -41,
     -42, 49, -106, -83, -125, 47, 60, 102, -16, -124, 55, -103, 88, 106, 105, 6,
@@ -95,21 +95,21 @@ const int8_t nb_w_conv1[1008] __attribute__((aligned(4))) = {
     59, 52, 37, 67, 66, 5, 1, -72, 74, 112, 90, 98, -8, 27, 9, -111,
     103, 12, -37, 29, 70, 68, -63, -75, 83, 46, -21, 69, -36, 104, 5, -121,
 };
-const int32_t nb_b_conv1[14] __attribute__((aligned(4))) = {
+const int32_t nb_b_conv1[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     2513, 4601, 1357, -2149, -5869, -244, 3685, 6126,
     -5432, -1829, -2207, -1525, -4035, -5640,
 };
-const int32_t nb_m_conv1[14] __attribute__((aligned(4))) = {
+const int32_t nb_m_conv1[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1775050598, 1863803004, 1952555565, 2041308125, 2130060686, 1109406546, 1153782827, 1775050598,
     1863803004, 1952555565, 2041308125, 2130060686, 1109406546, 1153782827,
 };
-const int32_t nb_s_conv1[14] __attribute__((aligned(4))) = {
+const int32_t nb_s_conv1[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -9, -9, -9, -9, -9, -8, -8, -9,
     -9, -9, -9, -9, -8, -8,
 };
 
 /* layer 3 dw: dwconv2d, dense, weights 3x3x14 */
-const int8_t nb_w_dw[126] __attribute__((aligned(4))) = {
+const int8_t nb_w_dw[126] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -9, 2, -50, -63, 98, 90, -88, 88, 90, -16, 125, -53, 20, 111, 30, 127,
     -46, -11, -16, -75, 16, -108, 15, -94, -71, -26, 58, -106, -48, -114, -81, 87,
     96, -37, 111, 10, -42, 43, 5, -54, 52, 19, 11, -49, -69, 57, 31, -99,
@@ -119,29 +119,29 @@ const int8_t nb_w_dw[126] __attribute__((aligned(4))) = {
     115, -72, 32, -107, 23, -49, -60, 109, 96, -107, -119, 124, -88, 84, -49, 83,
     76, 78, -60, 39, -122, 0, 25, 6, 24, 119, 92, -97, -56, -105,
 };
-const int32_t nb_b_dw[14] __attribute__((aligned(4))) = {
+const int32_t nb_b_dw[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     2046, -1066, -818, 1730, -2089, -1857, 148, 1471,
     -1145, -402, 656, 470, 269, -1116,
 };
-const int32_t nb_m_dw[14] __attribute__((aligned(4))) = {
+const int32_t nb_m_dw[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1255150254, 1317907742, 1380665313, 1443422716, 1506180373, 1568937860, 1631695347, 1255150254,
     1317907742, 1380665313, 1443422716, 1506180373, 1568937860, 1631695347,
 };
-const int32_t nb_s_dw[14] __attribute__((aligned(4))) = {
+const int32_t nb_s_dw[14] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -7, -7, -7, -7, -7, -7, -7, -7,
     -7, -7, -7, -7, -7, -7,
 };
 
 /* layer 4 res: add, dense, weights - */
-const int32_t nb_m_res[3] __attribute__((aligned(4))) = {
+const int32_t nb_m_res[3] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1417339179, 1073741824, 1789569773,
 };
-const int32_t nb_s_res[3] __attribute__((aligned(4))) = {
+const int32_t nb_s_res[3] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -1, 0, -19,
 };
 
 /* layer 5 conv2: conv2d, dense, weights 11x3x3x14 */
-const int8_t nb_w_conv2[1386] __attribute__((aligned(4))) = {
+const int8_t nb_w_conv2[1386] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -54, -99, -23, 81, 17, -72, 3, 54, -20, -38, 38, -3, 84, 31, -96, -25,
     116, -42, 126, -114, 9, -110, -80, -57, 48, 116, 74, -91, 35, 84, 127, -28,
     -78, 10, -17, 82, -7, -27, -124, -3, 70, 27, -66, 82, -61, -77, 102, -100,
@@ -230,21 +230,21 @@ const int8_t nb_w_conv2[1386] __attribute__((aligned(4))) = {
     -75, 111, 91, -73, 100, 59, 60, 2, -16, 87, -51, 43, -25, 6, -125, -68,
     -111, 60, -20, 40, -29, -110, -94, 21, 64, -122,
 };
-const int32_t nb_b_conv2[11] __attribute__((aligned(4))) = {
+const int32_t nb_b_conv2[11] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -6735, -2979, 1685, -760, -2430, -2749, 2303, 6945,
     -7921, -3890, -4395,
 };
-const int32_t nb_m_conv2[11] __attribute__((aligned(4))) = {
+const int32_t nb_m_conv2[11] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1341812072, 1408902706, 1475993340, 1543083821, 1610174455, 1677265090, 1744355724, 1341812072,
     1408902706, 1475993340, 1543083821,
 };
-const int32_t nb_s_conv2[11] __attribute__((aligned(4))) = {
+const int32_t nb_s_conv2[11] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -9, -9, -9, -9, -9, -9, -9, -9,
     -9, -9, -9,
 };
 
 /* layer 6 pw: conv2d, dense, weights 13x1x1x11 */
-const int8_t nb_w_pw[143] __attribute__((aligned(4))) = {
+const int8_t nb_w_pw[143] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     33, 23, -82, -30, -7, -102, -3, 114, -98, 13, -47, 64, 87, -18, 28, -114,
     51, 38, 104, 109, 96, 42, 37, -93, -111, -100, -4, 53, -124, 78, 127, -23,
     -43, -30, 61, 116, 113, 65, 98, -44, -112, 87, 30, 75, -48, 40, 33, -96,
@@ -255,15 +255,15 @@ const int8_t nb_w_pw[143] __attribute__((aligned(4))) = {
     -46, -120, 109, -38, 86, -15, -108, -13, 78, -14, 68, -103, -85, 69, 62, -46,
     -11, 0, -46, -43, 34, -19, -24, -121, -102, 113, -22, 15, -41, -98, -124,
 };
-const int32_t nb_b_pw[13] __attribute__((aligned(4))) = {
+const int32_t nb_b_pw[13] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     172, 1644, 1237, -1540, 2024, -799, -866, -997,
     -1510, -1152, -1654, -903, 749,
 };
-const int32_t nb_m_pw[13] __attribute__((aligned(4))) = {
+const int32_t nb_m_pw[13] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     1135326123, 1192092415, 1248858707, 1305624999, 1362391291, 1419157725, 1475924017, 1135326123,
     1192092415, 1248858707, 1305624999, 1362391291, 1419157725,
 };
-const int32_t nb_s_pw[13] __attribute__((aligned(4))) = {
+const int32_t nb_s_pw[13] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -7, -7, -7, -7, -7, -7, -7, -7,
     -7, -7, -7, -7, -7,
 };
@@ -273,7 +273,7 @@ const int32_t nb_s_pw[13] __attribute__((aligned(4))) = {
 /* layer 8 gap: gap, dense, weights - */
 
 /* layer 9 fc: fc, dense, weights 9x13 */
-const int8_t nb_w_fc[117] __attribute__((aligned(4))) = {
+const int8_t nb_w_fc[117] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     53, -40, -88, -115, -88, 44, -51, -2, 4, -123, 115, 41, -97, 99, 109, 41,
     79, 110, -51, 52, -67, -50, 6, 66, -94, 53, 57, 45, -70, 17, -105, 58,
     -65, 50, -77, 89, 50, 108, 54, 5, -3, -54, 71, 89, 82, -109, -64, -48,
@@ -283,21 +283,22 @@ const int8_t nb_w_fc[117] __attribute__((aligned(4))) = {
     -101, 83, 14, -110, 31, 2, 50, 54, -120, -10, -82, -16, -118, 4, 48, 15,
     -83, -80, 73, -17, -90,
 };
-const int32_t nb_b_fc[9] __attribute__((aligned(4))) = {
+const int32_t nb_b_fc[9] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -2140, 1661, -1519, 5, 402, -895, 1495, -1689,
     1488,
 };
-const int32_t nb_m_fc[9] __attribute__((aligned(4))) = {
+const int32_t nb_m_fc[9] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     2088696321, 1096565557, 1148782953, 1201000350, 1253217746, 1305435143, 1357652539, 2088696321,
     1096565557,
 };
-const int32_t nb_s_fc[9] __attribute__((aligned(4))) = {
+const int32_t nb_s_fc[9] __attribute__((aligned(4), section(".rodata.nb_model"))) = {
     -8, -7, -7, -7, -7, -7, -7, -8,
     -7,
 };
 
-/* Activation arena: tensor offsets below come from a liveness-based planner. */
-int8_t nb_arena[1220] __attribute__((aligned(8)));
+/* Activation arena (RAM; DTCM on the F7): tensor offsets below come from a liveness-based
+ * planner; sparse layers' scratch lives here too, only while the layer runs. */
+int8_t nb_arena[1220] __attribute__((aligned(8), section(".bss.nb_arena")));
 
 static const nb_tensor_t nb_tensor_table[11] = {
     {.h = 9, .w = 9, .c = 2, .offset = 1056u, .zero_point = -3}, /* 0 input */
@@ -413,4 +414,5 @@ const nb_model_t nb_model = {
     .output = 10,
     .arena = nb_arena,
     .arena_size = 1220u,
+    .sparse = NULL,
 };
