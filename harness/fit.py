@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from harness.codegen import CodegenResult
 from harness.errors import InputError
 from harness.targets import Target
 
@@ -44,7 +44,18 @@ class Fit:
         return self.max_ram <= 0 or self.ram_need <= self.max_ram
 
 
-def fit(result: CodegenResult, target: Target) -> Fit:
+class Generated(Protocol):
+    """What the check needs of a generated model: a CodegenResult, or the pipeline's cached copy."""
+
+    @property
+    def storage(self) -> dict[str, int]: ...
+    @property
+    def descriptor_bytes(self) -> int: ...
+    @property
+    def arena_bytes(self) -> int: ...
+
+
+def fit(result: Generated, target: Target) -> Fit:
     """The flash and RAM a generated model needs on `target`, and what the target has."""
     model = int(result.storage["model_bytes"])
     flash = model + result.descriptor_bytes + RUNTIME_FLASH_BYTES
@@ -55,7 +66,7 @@ def fit(result: CodegenResult, target: Target) -> Fit:
 
 
 def check_fit(
-    result: CodegenResult,
+    result: Generated,
     target: Target,
     *,
     file: Path | str | None = None,

@@ -39,7 +39,7 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.markup import escape
 
-from harness import baselines, build, ci_outputs, elfsize, provenance, records, report, targets
+from harness import baselines, build, ci_outputs, elfsize, fit, provenance, records, report, targets
 from harness.atomic import atomic_write_text
 from harness.backends.base import Backend
 from harness.cache import ArtifactCache, canonical_json, hash_tree
@@ -54,6 +54,7 @@ from harness.errors import (
 )
 from harness.measure import Expected, run_session
 from harness.paths import BASELINES, ROOT, RUNS, cache_root
+from harness.preflight import preflight
 from harness.prepare import PreparedEntry, PreparedModel, prepare_entry
 from harness.progress import Progress
 from harness.protocol import DeviceClient
@@ -118,6 +119,9 @@ class Run:
         self.baselines_root = self._baselines_root()
         # Bad baseline files are bad input: found before anything is trained or built.
         self.baselines = {t.name: self._load_baseline(t) for t in self.targets}
+        # Everything that can be wrong with an entry is found before any training or build.
+        self.dataset = self._load_dataset()
+        preflight(self.suite, self.dataset.x_train.shape[1:], self.dataset.num_classes, self.targets)
         out_root = options.out if options.out is not None else RUNS
         self.cache = ArtifactCache(cache_root(out_root))
         self.rows: dict[RowKey, dict[str, Any]] = {}
@@ -333,7 +337,8 @@ class Run:
             levels=len(qm.levels),
             input_bytes=qm.tensors[qm.input].size,
             output_bytes=qm.tensors[qm.output].size,
-            cycle_source=target.cycle_source,
+            # what the image reports: Renode runs the board's image, whose handshake says `dwt`
+            cycle_source=self.all_targets[target.image].cycle_source,
         )
         log_dir = self.run_dir / target.name
         log_dir.mkdir(exist_ok=True)
@@ -507,7 +512,7 @@ class Run:
         return self._finish(started)
 
     def _measure_all(self) -> None:
-        dataset = self._load_dataset()
+        dataset = self.dataset
         n = self.suite.samples or len(dataset.x_test)
         eval_x, eval_y = dataset.x_test[:n], dataset.y_test[:n]
         self.eval_x = eval_x
@@ -608,8 +613,16 @@ class Run:
                 self._failed_rows(prep, model, target, f"target not usable: {availability.reason}")
                 continue
             try:
+                image_target = self.all_targets[target.image]  # e.g. Renode runs the board's image
+                fit.check_fit(
+                    model,
+                    image_target,
+                    file=self.options.suite,
+                    line=prep.entry.line,
+                    field=f"models[{self.suite.models.index(prep.entry)}]",
+                )
                 with self.progress.task(f"build {model.qmodel.name} for {target.name}"):
-                    image = self._build(model, target)
+                    image = self._build(model, image_target)
                 self.provenance["builds"][f"{prep.entry.name}/{model.qmodel.name}@{target.name}"] = {
                     "build_id": image.build_id,
                     "flags": image.flags,

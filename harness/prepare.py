@@ -46,6 +46,8 @@ class PreparedModel:
     model_dir: Path  # generated C
     storage: dict[str, int]  # weight/index/meta/model bytes from the emitted arrays
     symbol_sizes: dict[str, int]  # emitted array symbol -> bytes, cross-checked with the ELF
+    descriptor_bytes: int  # layer/tensor/sparse tables pointing at the arrays (harness.fit)
+    arena_bytes: int  # activation arena incl. kernel scratch
     levels: list[LevelEval]
 
 
@@ -168,13 +170,21 @@ def prepare_model(
             )
         )
 
-    codegen_code = hash_tree([ROOT / "harness" / f for f in ("pack.py", "codegen.py")], (".py",))
+    # crossover.json decides dense or sparse kernels per layer and level: it changes what is emitted
+    codegen_code = hash_tree(
+        [ROOT / "harness" / f for f in ("pack.py", "codegen.py", "crossover.json")], (".py", ".json")
+    )
     ckey = cache.key(stage="codegen", model=model_hash, format=entry.format, code=codegen_code)
 
     def produce_c(folder: Path) -> None:
         packed = pack.pack(qmodel, entry.format)
         result = codegen.generate(packed, qmodel, folder)
-        meta = {"storage": result.storage, "symbols": result.symbol_sizes, "arena_bytes": result.arena_bytes}
+        meta = {
+            "storage": result.storage,
+            "symbols": result.symbol_sizes,
+            "arena_bytes": result.arena_bytes,
+            "descriptor_bytes": result.descriptor_bytes,
+        }
         (folder / "codegen.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
 
     model_dir = cache.get_or_create("codegen", ckey, produce_c, refresh=refresh)
@@ -185,6 +195,8 @@ def prepare_model(
         model_dir=model_dir,
         storage={k: int(v) for k, v in meta["storage"].items()},
         symbol_sizes={k: int(v) for k, v in meta["symbols"].items()},
+        descriptor_bytes=int(meta["descriptor_bytes"]),
+        arena_bytes=int(meta["arena_bytes"]),
         levels=levels,
     )
 

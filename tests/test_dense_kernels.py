@@ -288,3 +288,38 @@ def test_kernel_paths_are_bit_exact_in_qemu(qm: QModel, tmp_path: Path) -> None:
             assert np.array_equal(got, expected), f"outputs differ at {np.flatnonzero(got != expected)}"
             counts.append(client.layer_cycles())
     assert counts[0] == counts[1] == counts[2]  # shapes decide the instruction counts, not values
+
+
+# ---------------------------------------------------------------------------------------------
+# saturation at the edge of int32
+
+
+@pytest.mark.parametrize("fmt", ["dense", "nested"])
+def test_a_saturated_requantization_clamps_instead_of_wrapping(fmt: str, tmp_path: Path) -> None:
+    """bias 2^30 with a multiplier just under 1 and a left shift saturates the requantized value at
+    INT32_MAX; adding the output zero point must then clamp to 127 (the reference's wide arithmetic),
+    not wrap round to -128."""
+    from fw import hostlib
+
+    rng = np.random.default_rng(7)
+    cout, cin = 8, 4
+    weight = rng.integers(-3, 4, (cout, 1, 1, cin)).astype(np.int8)
+    masks = np.stack(
+        [np.ones(weight.shape, bool), np.repeat(rng.random((cout, 1, 1, cin // 2)) < 0.5, 2, -1)]
+    )
+    bias = np.where(np.arange(cout) % 2 == 0, 1 << 30, -(1 << 30)).astype(np.int32)
+    layer = QLayer(
+        "edge", "conv2d", (0,), 1, weight=weight, bias=bias,
+        multiplier=np.full(cout, (1 << 31) - 1, np.int32), shift=np.ones(cout, np.int32),
+        masks=masks if fmt == "nested" else None,
+    )  # fmt: skip
+    levels = (0.0, 0.5) if fmt == "nested" else (0.0,)
+    qm = QModel("edge", [QTensor("in", (2, 2, cin), 0.05, 3), QTensor("out", (2, 2, cout), 0.05, 100)],
+                [layer], 0, 1, levels)  # fmt: skip
+    generate(pack(qm, fmt), qm, tmp_path / "model")
+    lib = hostlib.HostModel(hostlib.build_host_lib(tmp_path / "model", tmp_path / f"libedge_{fmt}.so"))
+    x = rng.integers(-128, 128, (2, 2, cin)).astype(np.int8)
+    for level in range(len(levels)):
+        want = run_int8(qm, x[None], level=level)[0]
+        assert set(np.unique(want)) <= {-128, 127} and 127 in want
+        assert np.array_equal(lib.infer(x, level).reshape(-1), want.reshape(-1)), level

@@ -199,9 +199,16 @@ def test_full_suite() -> None:
     assert (err.line, err.field) == (33, "models[1].arch_options.width")
 
 
-def test_repository_quickstart_suite() -> None:
-    suite = load_suite(REPO / "suites" / "quickstart.yaml", CATALOG)
-    assert suite.name == "quickstart" and suite.models
+def test_repository_suites_validate() -> None:
+    from harness.catalog import build_catalog
+
+    catalog = build_catalog(REPO)
+    suite = load_suite(REPO / "suites" / "quickstart.yaml", catalog)
+    assert [m.trainer for m in suite.models] == ["nested", "standalone", "dsnn", "dense"]
+    # Everything but the data is valid; without the CIFAR-10 folder the suite stops at its root.
+    with pytest.raises(InputError) as err:
+        load_suite(REPO / "suites" / "cifar10_mobilenet.yaml", catalog)
+    assert err.value.field == "dataset.root" and "cifar10" in str(err.value)
 
 
 def test_suite_models_are_strict_and_closed() -> None:

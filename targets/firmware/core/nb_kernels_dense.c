@@ -28,7 +28,7 @@
 static inline int8_t nb_out_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp_out, int32_t lo,
                                int32_t hi)
 {
-    return (int8_t)nb_clamp(nb_requantize(acc, mult, shift) + zp_out, lo, hi);
+    return (int8_t)nb_clamp(nb_add_sat(nb_requantize(acc, mult, shift), zp_out), lo, hi);
 }
 
 static inline int32_t nb_bias(const nb_params_t *p, int32_t c)
@@ -296,7 +296,7 @@ static inline __attribute__((always_inline)) int32_t nb_rq(int fast, const nb_rq
     if (fast) {
         return __ssat(nb_requantize_fast(acc, q->m2, q->hz, q->e), 8);
     }
-    return nb_clamp(nb_requantize(acc, q->m2, q->e) + q->hz, -128, 127);
+    return nb_clamp(nb_add_sat(nb_requantize(acc, q->m2, q->e), q->hz), -128, 127);
 }
 
 /* Four int8 values (in int32s) → one word, b0 in the low byte. */

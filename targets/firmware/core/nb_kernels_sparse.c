@@ -49,11 +49,6 @@ static inline int32_t nb_sp_smlad(uint32_t a, uint32_t b, int32_t acc)
     return __smlad((int32_t)a, (int32_t)b, acc);
 }
 
-static inline int32_t nb_sp_qadd(int32_t a, int32_t b)
-{
-    return __qadd(a, b);
-}
-
 static inline int32_t nb_sp_ssat8(int32_t v)
 {
     return __ssat(v, 8);
@@ -144,12 +139,6 @@ static inline uint32_t nb_sp_pkhbt(uint32_t a, uint32_t b)
 static inline uint32_t nb_sp_pkhtb(uint32_t a, uint32_t b)
 {
     return (a >> 16) | (b & 0xFFFF0000u);
-}
-
-static inline int32_t nb_sp_qadd(int32_t a, int32_t b)
-{
-    const int64_t sum = (int64_t)a + b;
-    return sum > INT32_MAX ? INT32_MAX : sum < INT32_MIN ? INT32_MIN : (int32_t)sum;
 }
 
 static inline int32_t nb_sp_smmulr(int32_t a, int32_t b)
@@ -601,14 +590,14 @@ static void nb_sp_requant(const int32_t *acc, uint32_t n, int8_t *dst, uint32_t 
         const int32_t *const end = acc + n;
         if (hi == 127 && lo == -128) { /* no activation: SSAT is the whole clamp */
             for (; acc != end; acc++, dst += stride) {
-                const int32_t x = nb_sp_smmulr(nb_sp_qadd(*acc, *acc), mult);
+                const int32_t x = nb_sp_smmulr(nb_add_sat(*acc, *acc), mult);
                 *dst = (int8_t)nb_sp_ssat8((x + round + (x >> 31)) >> e);
             }
             return;
         }
         if (hi == 127) { /* ReLU: SSAT does the upper bound */
             for (; acc != end; acc++, dst += stride) {
-                const int32_t x = nb_sp_smmulr(nb_sp_qadd(*acc, *acc), mult);
+                const int32_t x = nb_sp_smmulr(nb_add_sat(*acc, *acc), mult);
                 int32_t v = nb_sp_ssat8((x + round + (x >> 31)) >> e);
                 if (v < lo) {
                     v = lo;
@@ -618,7 +607,7 @@ static void nb_sp_requant(const int32_t *acc, uint32_t n, int8_t *dst, uint32_t 
             return;
         }
         for (; acc != end; acc++, dst += stride) {
-            const int32_t x = nb_sp_smmulr(nb_sp_qadd(*acc, *acc), mult);
+            const int32_t x = nb_sp_smmulr(nb_add_sat(*acc, *acc), mult);
             *dst = (int8_t)nb_clamp((x + round + (x >> 31)) >> e, lo, hi);
         }
         return;
@@ -626,7 +615,7 @@ static void nb_sp_requant(const int32_t *acc, uint32_t n, int8_t *dst, uint32_t 
     const int32_t left = q->shift > 0 ? q->shift : 0, right = q->shift > 0 ? 0 : -q->shift;
     for (uint32_t i = 0; i < n; i++, dst += stride) {
         const int32_t v = nb_rdbpot(nb_srdhm((int32_t)((uint32_t)acc[i] << left), mult), right);
-        *dst = (int8_t)nb_clamp(nb_sp_qadd(v, q->zp), lo, hi); /* saturating: v may be near INT32_MIN */
+        *dst = (int8_t)nb_clamp(nb_add_sat(v, q->zp), lo, hi); /* saturating: v may be near INT32_MIN */
     }
 }
 

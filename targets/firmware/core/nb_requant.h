@@ -13,6 +13,9 @@
 #define NB_REQUANT_H
 
 #include <stdint.h>
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#endif
 
 /* gemmlowp's SaturatingRoundingDoublingHighMul without the saturation branch. The only saturating
  * input is a == b == INT32_MIN, and our multipliers come from QuantizeMultiplier: always in
@@ -38,6 +41,18 @@ static inline int32_t nb_requantize(int32_t acc, int32_t mult, int32_t shift)
     const int32_t left = shift > 0 ? shift : 0;
     const int32_t right = shift > 0 ? 0 : -shift;
     return nb_rdbpot(nb_srdhm((int32_t)((uint32_t)acc << left), mult), right);
+}
+
+/* a + b saturated to int32: adding the output zero point to a saturated requantized value must
+ * clamp, as the reference's wide arithmetic does, not wrap (QADD on cores with the DSP extension). */
+static inline int32_t nb_add_sat(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP)
+    return __qadd(a, b);
+#else
+    const int64_t sum = (int64_t)a + b;
+    return sum > INT32_MAX ? INT32_MAX : sum < INT32_MIN ? INT32_MIN : (int32_t)sum;
+#endif
 }
 
 static inline int32_t nb_clamp(int32_t v, int32_t lo, int32_t hi)
