@@ -18,91 +18,23 @@ the sparse scratch, buffers, and the measured stack high-water mark).
     .venv/bin/python benchmarks/kernels_sparse.py [--only conv3x3_16 ...] [--index compact]
 
 `measure(qm, fmt, **pack_options)` is also the measuring tool of benchmarks/crossover.py and the
-QEMU tests: like layerbench.measure, with the packer's options passed through.
+QEMU tests: layerbench.measure, with the packer's options passed through.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from layerbench import conv_layer, fc_layer, macs, single_level
+from layerbench import TARGET, conv_layer, fc_layer, macs, measure, single_level
 
-from harness import build, codegen, pack, reference, targets
-from harness.elfsize import elf_sizes
-from harness.paths import ROOT
-from harness.protocol import DeviceClient
 from harness.qmodel import QLayer, QModel
 
-TARGET = "qemu_mps2_an500"
 LEVELS = (0.7, 0.8, 0.9)
-
-
-@dataclass
-class Measurement:
-    layer_counts: dict[int, list[int]]  # level -> per-layer retired instructions
-    totals: dict[int, int]  # level -> whole inference
-    storage: dict[str, int]
-    flash_bytes: int
-    ram_bytes: int  # static RAM (arena incl. scratch, buffers) + measured stack high-water mark
-    arena_bytes: int
-    stack_bytes: int
-    codegen: codegen.CodegenResult  # what was emitted (symbol sizes, storage, arena)
-    elf_symbols: dict[str, int]  # data symbol sizes of the linked image
-
-
-def measure(
-    qm: QModel, fmt: str, *, seed: int = 1, levels: list[int] | None = None, **pack_options: Any
-) -> Measurement:
-    """Build `qm` packed as `fmt` (with `pack_options`), run each level once in QEMU on a random
-    input, return the counts; AssertionError when an output differs from the host reference."""
-    target = targets.load_targets(ROOT)[TARGET]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        packed = pack.pack(qm, fmt, **pack_options)
-        result = codegen.generate(packed, qm, folder / "model")
-        image = build.build_firmware(
-            ROOT, target, folder / "model", "bench", folder / "build", folder / "build.log"
-        )
-        sizes = elf_sizes(image.elf)
-        x = np.random.default_rng(seed).integers(-128, 128, qm.tensors[qm.input].shape, dtype=np.int8)
-        backend = targets.make_backend(target, ROOT, timeout_s=120)
-        counts, totals = {}, {}
-        with backend.session(image.elf) as link:
-            client = DeviceClient(link.port, timeout=120)
-            client.hello()
-            for level in levels if levels is not None else range(len(qm.levels)):
-                client.select_level(level)
-                client.load_input(x.tobytes())
-                totals[level] = client.infer(1, 0, zlib.crc32(x.tobytes()))[0]
-                counts[level] = client.layer_cycles()
-                out = np.frombuffer(client.read_output(), np.int8)
-                want = reference.run_int8(qm, x[None], level=level)[0]
-                assert np.array_equal(out, want), (
-                    f"{fmt} level {level}: device output differs from the reference"
-                )
-            stack = client.mem().get("stack", 0)
-    return Measurement(
-        counts,
-        totals,
-        result.storage,
-        sizes.flash_bytes,
-        sizes.ram_bytes + stack,
-        result.arena_bytes,
-        stack,
-        result,
-        sizes.symbol_sizes,
-    )
 
 
 def densified(qm: QModel, level: int) -> QModel:

@@ -19,10 +19,12 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness import build, codegen, pack, reference, targets
+from harness.elfsize import elf_sizes
 from harness.paths import ROOT
 from harness.protocol import DeviceClient
 from harness.qmodel import QLayer, QModel, QTensor
@@ -142,41 +144,56 @@ class Measurement:
     totals: dict[int, int]  # level -> whole inference
     storage: dict[str, int]
     flash_bytes: int
-    ram_bytes: int
+    ram_bytes: int  # static RAM (arena incl. scratch, buffers) + measured stack high-water mark
+    arena_bytes: int
+    stack_bytes: int
+    codegen: codegen.CodegenResult  # what was emitted (symbol sizes, storage, arena)
+    elf_symbols: dict[str, int]  # data symbol sizes of the linked image
 
 
-def measure(qm: QModel, fmt: str, *, seed: int = 1, work: Path | None = None) -> Measurement:
-    """Build `qm` packed as `fmt`, run every level once in QEMU on a random input, return the counts.
-    Raises AssertionError when any output differs from the host reference."""
-    from harness.elfsize import elf_sizes
-
+def measure(
+    qm: QModel, fmt: str, *, seed: int = 1, levels: list[int] | None = None, **pack_options: Any
+) -> Measurement:
+    """Build `qm` packed as `fmt` (with `pack_options`), run each level (all, or `levels`) once in
+    QEMU on a random input and return the counts; AssertionError when an output differs from the
+    host reference."""
     target = targets.load_targets(ROOT)[TARGET]
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        packed = pack.pack(qm, fmt)
+        packed = pack.pack(qm, fmt, **pack_options)
         result = codegen.generate(packed, qm, folder / "model")
         image = build.build_firmware(
             ROOT, target, folder / "model", "bench", folder / "build", folder / "build.log"
         )
         sizes = elf_sizes(image.elf)
-        rng = np.random.default_rng(seed)
-        x = rng.integers(-128, 128, qm.tensors[qm.input].shape, dtype=np.int8)
-        backend = targets.make_backend(target, ROOT, timeout_s=60)
+        x = np.random.default_rng(seed).integers(-128, 128, qm.tensors[qm.input].shape, dtype=np.int8)
+        backend = targets.make_backend(target, ROOT, timeout_s=120)
         counts, totals = {}, {}
         with backend.session(image.elf) as link:
-            client = DeviceClient(link.port, timeout=60)
+            client = DeviceClient(link.port, timeout=120)
             client.hello()
-            for level in range(len(qm.levels)):
+            for level in levels if levels is not None else range(len(qm.levels)):
                 client.select_level(level)
                 client.load_input(x.tobytes())
-                totals[level] = client.infer(1, 1, zlib.crc32(x.tobytes()))[0]
+                totals[level] = client.infer(1, 0, zlib.crc32(x.tobytes()))[0]
                 counts[level] = client.layer_cycles()
                 out = np.frombuffer(client.read_output(), np.int8)
                 want = reference.run_int8(qm, x[None], level=level)[0]
                 assert np.array_equal(out, want), (
                     f"{fmt} level {level}: device output differs from the reference"
                 )
-        return Measurement(counts, totals, result.storage, sizes.flash_bytes, sizes.ram_bytes)
+            stack = client.mem().get("stack", 0)
+    return Measurement(
+        counts,
+        totals,
+        result.storage,
+        sizes.flash_bytes,
+        sizes.ram_bytes + stack,
+        result.arena_bytes,
+        stack,
+        result,
+        sizes.symbol_sizes,
+    )
 
 
 def macs(qm: QModel, level: int | None = None) -> int:

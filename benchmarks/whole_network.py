@@ -5,10 +5,10 @@ Models: the quickstart architecture (digits_cnn, 8x8x1, 10 classes) and MobileNe
 batch-norm statistics) and quantized by the harness's own quantizer on calibration inputs (digits:
 the dataset's training images; MobileNet: uniform noise): instruction counts depend on shapes and
 on which requantization path the scales select, not on what the network learned. The sparse
-levels 0.7 / 0.8 / 0.9 use nested 1x2 block masks (layerbench.nested_block_masks, blocks along
-the input channels) on the layers the trainers sparsify by default: standard and pointwise
-convolutions after the first, and fully connected layers; the first convolution and the depthwise
-layers stay dense.
+levels 0.7 / 0.8 / 0.9 use nested 1x2 block masks ranked on the random weights, on the layers the
+trainers sparsify by default (trainers.untrained.random_model: standard and pointwise convolutions
+after the first, and fully connected layers; the first convolution and the depthwise layers stay
+dense).
 
 Formats: every entry of harness.pack.FORMATS when the script runs. `dense` runs the unmasked model
 (its cost does not depend on sparsity); `csr` runs one standalone model per level; any other
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from layerbench import macs, measure, nested_block_masks, single_level
+from layerbench import macs, measure, single_level
 
 from harness.errors import NestbenchError
 from harness.pack import FORMATS
@@ -38,50 +38,9 @@ from harness.qmodel import QModel
 from harness.quantize import quantize
 from trainers.archs import ARCHS
 from trainers.datasets import load_dataset
-from trainers.graph import INPUT, Conv2d, Linear, NetSpec, TrainedModel
+from trainers.untrained import random_model
 
 LEVELS = (0.7, 0.8, 0.9)
-BLOCK = 2
-
-
-def sparsified(node: Conv2d | Linear) -> bool:
-    """The trainers' default: every Linear and every non-depthwise conv except the first."""
-    return isinstance(node, Linear) or (not node.depthwise and node.input != INPUT)
-
-
-def random_trained(spec: NetSpec, levels: tuple[float, ...], seed: int = 0) -> TrainedModel:
-    rng = np.random.default_rng(seed)
-    shapes = spec.shapes()
-    params: dict[str, dict[str, np.ndarray]] = {}
-    masks: dict[str, np.ndarray] = {}
-    for node in spec.nodes:
-        if isinstance(node, Conv2d):
-            cin = 1 if node.depthwise else shapes[node.input][2]
-            shape: tuple[int, ...] = (node.out_channels, cin, node.kernel, node.kernel)
-            fan_in = cin * node.kernel * node.kernel
-            p = {"weight": (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)}
-            if node.bias:
-                p["bias"] = rng.normal(0, 0.1, node.out_channels).astype(np.float32)
-            if node.batchnorm:
-                co = node.out_channels
-                p["bn_weight"] = rng.uniform(0.6, 1.4, co).astype(np.float32)
-                p["bn_bias"] = rng.normal(0.0, 0.2, co).astype(np.float32)
-                p["bn_mean"] = rng.normal(0.0, 0.2, co).astype(np.float32)
-                p["bn_var"] = rng.uniform(0.5, 1.5, co).astype(np.float32)
-                p["bn_eps"] = np.array(1e-5, dtype=np.float32)
-        elif isinstance(node, Linear):
-            fan_in = int(np.prod(shapes[node.input]))
-            shape = (node.out_features, fan_in)
-            p = {
-                "weight": (rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)).astype(np.float32),
-                "bias": rng.normal(0, 0.1, node.out_features).astype(np.float32),
-            }
-        else:
-            continue
-        params[node.name] = p
-        if any(s > 0 for s in levels) and sparsified(node):
-            masks[node.name] = nested_block_masks(p["weight"], levels, BLOCK, rng, reduction_axis=1)
-    return TrainedModel(spec, params, levels, masks)
 
 
 def build_models(name: str) -> tuple[QModel, QModel]:
@@ -94,8 +53,8 @@ def build_models(name: str) -> tuple[QModel, QModel]:
         spec = ARCHS[name]((32, 32, 3), 10, width=0.5)
         calib = np.random.default_rng(5).uniform(0.0, 1.0, (64, 32, 32, 3)).astype(np.float32)
         input_range = (0.0, 1.0)
-    dense = quantize(random_trained(spec, (0.0,)), calib, input_range, name=spec.name)
-    nested = quantize(random_trained(spec, LEVELS), calib, input_range, name=spec.name)
+    dense = quantize(random_model(spec), calib, input_range, name=spec.name)
+    nested = quantize(random_model(spec, LEVELS), calib, input_range, name=spec.name)
     return dense, nested
 
 

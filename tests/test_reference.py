@@ -23,6 +23,7 @@ from harness.requant import (
     saturating_rounding_doubling_high_mul,
 )
 from trainers.graph import Add, Conv2d, GlobalAvgPool, Linear, NetSpec, Pool, TrainedModel
+from trainers.untrained import random_params
 
 # ---------------------------------------------------------------------------------------------
 # model builders shared by the numerics tests
@@ -70,42 +71,19 @@ def flat_spec() -> NetSpec:
 def random_model(
     spec: NetSpec, seed: int = 0, levels: tuple[float, ...] = (0.0,), zero_channel: bool = False
 ) -> TrainedModel:
-    """He-initialised weights, random batch norm statistics and, for sparse levels, nested random
-    masks (level k keeps the weights whose random score beats the k-th sparsity quantile)."""
+    """Random weights and batch norm (trainers.untrained.random_params) and, for sparse levels, nested
+    masks on every weighted layer — first conv and depthwise included, weight by weight — so the
+    tests reach combinations trainers never make (level k keeps the weights whose random score beats
+    the k-th sparsity quantile)."""
     rng = np.random.default_rng(seed)
-    shapes = spec.shapes()
-    params: dict[str, dict[str, np.ndarray]] = {}
+    params = random_params(spec, rng)
     masks: dict[str, np.ndarray] = {}
-    for node in spec.nodes:
-        if isinstance(node, Conv2d):
-            cin = 1 if node.depthwise else shapes[node.input][2]
-            shape: tuple[int, ...] = (node.out_channels, cin, node.kernel, node.kernel)
-            fan_in = cin * node.kernel * node.kernel
-            p = {"weight": (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)}
-            if node.bias:
-                p["bias"] = rng.normal(0, 0.1, node.out_channels).astype(np.float32)
-            if node.batchnorm:
-                co = node.out_channels
-                p["bn_weight"] = rng.uniform(0.6, 1.4, co).astype(np.float32)
-                p["bn_bias"] = rng.normal(0.0, 0.2, co).astype(np.float32)
-                p["bn_mean"] = rng.normal(0.0, 0.2, co).astype(np.float32)
-                p["bn_var"] = rng.uniform(0.5, 1.5, co).astype(np.float32)
-                p["bn_eps"] = np.array(1e-5, dtype=np.float32)
-        elif isinstance(node, Linear):
-            fan_in = int(np.prod(shapes[node.input]))
-            shape = (node.out_features, fan_in)
-            p = {
-                "weight": (rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)).astype(np.float32),
-                "bias": rng.normal(0, 0.1, node.out_features).astype(np.float32),
-            }
-        else:
-            continue
+    for name, p in params.items():
         if zero_channel:
             p["weight"][0] = 0.0
-        params[node.name] = p
         if any(s > 0 for s in levels):
-            score = rng.random(shape)
-            masks[node.name] = np.stack([score >= np.quantile(score, s) for s in levels])
+            score = rng.random(p["weight"].shape)
+            masks[name] = np.stack([score >= np.quantile(score, s) for s in levels])
     return TrainedModel(spec, params, levels, masks)
 
 
@@ -419,7 +397,8 @@ def test_int8_reference_tracks_float_forward(spec_fn: Callable[[], NetSpec]) -> 
         agree = dq.argmax(axis=1) == f.argmax(axis=1)
         top2 = np.sort(f, axis=1)[:, -2:]
         clear = (top2[:, 1] - top2[:, 0]) > 2 * lsb  # samples not decided by rounding
-        assert agree[clear].mean() >= 0.97, level
+        if clear.any():  # a heavily masked random net may have no clearly decided sample
+            assert agree[clear].mean() >= 0.97, level
         if level == 0:  # the densest level has well-separated logits: agreement on nearly all
             assert clear.mean() > 0.8 and agree.mean() >= 0.9
 

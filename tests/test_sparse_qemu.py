@@ -1,7 +1,7 @@
 """The sparse formats end to end on the Cortex-M7 in QEMU: the M7 build (SMLAD / hand-scheduled block
 loop, fast requantization) of a small network stored as nested (every level), as nested with the
 compact index and dense copies, and as csr, each output bit for bit equal to the host reference
-(benchmarks/kernels_sparse.measure asserts it), with the ELF's symbols equal to the storage figures
+(benchmarks/layerbench.measure asserts it), with the ELF's symbols equal to the storage figures
 and the pack-time fit estimate an upper bound of the linked image."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from harness.requant import quantize_multiplier
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from kernels_sparse import Measurement, measure  # noqa: E402
+from layerbench import Measurement, measure  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 LEVELS = (0.5, 0.75, 0.9)
