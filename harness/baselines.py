@@ -3,7 +3,8 @@
 Baselines are records (same columns as a run's records.csv) kept in git at
 ``results/baselines/<suite>/<target>.csv``; only `update_baselines` (``--update-baselines``) writes
 them. `compare` matches a run's rows with baseline rows by (target, entry, format, level) and judges
-each metric:
+each metric (a farm that repeats every entry on each board has one row per board: each is judged
+against its target's baseline row, which says nothing of boards):
 
 ==================  ====================  ============================================
 metric              worse when            tolerance (suite `tolerances:`)
@@ -78,20 +79,28 @@ class RowKey(NamedTuple):
     entry: str
     format: str
     level: int | None
+    board: str | None = None  # set on a farm's records; baselines match without it
 
     def __str__(self) -> str:
         level = "-" if self.level is None else str(self.level)
-        return f"{self.target}:{self.entry}/{self.format}/{level}"
+        board = f"@{self.board}" if self.board else ""
+        return f"{self.target}{board}:{self.entry}/{self.format}/{level}"
+
+    def of_target(self) -> RowKey:
+        """The key without its board: what a baseline row is keyed by."""
+        return self._replace(board=None)
 
 
 def row_key(row: pd.Series | dict[str, Any]) -> RowKey:
     """The comparison key of a record row."""
     level = row["level"]
+    board = row.get("board")
     return RowKey(
         target=str(row["target"]),
         entry=str(row["entry"]),
         format=str(row["format"]),
         level=None if _missing(level) else int(level),
+        board=None if _missing(board) or not str(board) else str(board),
     )
 
 
@@ -160,10 +169,10 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame | None, tol: Tolerance
     """Judge `current` records against `baseline` records (None: no baseline yet). Baseline rows of
     targets absent from `current` are ignored (that target was not run)."""
     cur = _index(current, "current records")
-    base = _index(baseline, "baseline") if baseline is not None else {}
+    base = _index(baseline, "baseline", boards=False) if baseline is not None else {}
     rows: list[ComparisonRow] = []
     for key, row in cur.items():
-        old = base.get(key)
+        old = base.get(key.of_target())
         if old is None:
             status = _text(row["status"])
             if status == "failed":
@@ -175,8 +184,9 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame | None, tol: Tolerance
             continue
         rows += _compare_row(key, row, old, tol)
     run_targets = {k.target for k in cur}
+    produced = {k.of_target() for k in cur}
     for key, old in base.items():
-        if key.target in run_targets and key not in cur:
+        if key.target in run_targets and key not in produced:
             rows.append(ComparisonRow(key, "row", _text(old["status"]), None, None, None, MISSING))
     return Comparison(rows=rows, has_baseline=baseline is not None)
 
@@ -230,10 +240,10 @@ def _beyond(amount: float, allowed: float) -> bool:
     return amount > allowed and not math.isclose(amount, allowed, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _index(frame: pd.DataFrame, what: str) -> dict[RowKey, pd.Series]:
+def _index(frame: pd.DataFrame, what: str, *, boards: bool = True) -> dict[RowKey, pd.Series]:
     out: dict[RowKey, pd.Series] = {}
     for _, row in frame.iterrows():
-        key = row_key(row)
+        key = row_key(row) if boards else row_key(row).of_target()
         if key in out:
             raise ValueError(f"{what}: two rows for {key}")
         out[key] = row
@@ -294,7 +304,7 @@ def load_baseline(path: Path, suite: str | None = None) -> pd.DataFrame:
                 line=line,
                 field="target",
             )
-        key = row_key(row)
+        key = row_key(row).of_target()
         if key in seen:
             raise InputError(
                 f"a second row for {key} (first on line {seen[key]})", file=path, line=line, field="entry"
@@ -335,7 +345,9 @@ def comparisons_from_json(doc: Mapping[str, Any]) -> dict[str, Comparison]:
         for target, data in doc.items():
             rows = [
                 ComparisonRow(
-                    key=RowKey(str(r["target"]), str(r["entry"]), str(r["format"]), r["level"]),
+                    key=RowKey(
+                        str(r["target"]), str(r["entry"]), str(r["format"]), r["level"], r.get("board")
+                    ),
                     metric=str(r["metric"]),
                     baseline=r["baseline"],
                     current=r["current"],
@@ -374,7 +386,9 @@ def load_baselines(root: Path, suite: str, targets: Iterable[str]) -> pd.DataFra
 def update_baselines(frame: pd.DataFrame, root: Path, suite: str) -> list[str]:
     """Write the baseline file of every target in `frame` (atomically) and return a human summary of
     the changes against the previous files. Failed rows are not written: the previous row for that key
-    is kept (when there is one). Rows of the previous file the run did not produce are dropped."""
+    is kept (when there is one). Rows of the previous file the run did not produce are dropped. A key
+    measured on several boards (a farm repeating entries on each board) is stored once, from the
+    board with the median cycles."""
     frame = conform(frame)
     summary: list[str] = []
     for target in sorted(frame["target"].dropna().unique()):
@@ -387,10 +401,10 @@ def update_baselines(frame: pd.DataFrame, root: Path, suite: str) -> list[str]:
                 old = load_baseline(path)
             except InputError as exc:
                 notes.append(f"  the previous file was unreadable and is replaced ({exc})")
-        old_rows = _index(old, "baseline") if old is not None else {}
+        old_rows = _index(old, "baseline", boards=False) if old is not None else {}
         keep: list[pd.Series] = []
-        for _, row in rows.iterrows():
-            key = row_key(row)
+        for row in _one_per_key(rows, notes):
+            key = row_key(row).of_target()
             if row["status"] == "failed":
                 if key in old_rows:
                     keep.append(old_rows[key])
@@ -413,6 +427,31 @@ def update_baselines(frame: pd.DataFrame, root: Path, suite: str) -> list[str]:
     return summary
 
 
+def _one_per_key(rows: pd.DataFrame, notes: list[str]) -> list[pd.Series]:
+    """One row per (target, entry, format, level): the only one, or among several boards' rows the
+    one with the median cycles of those that ran (lower median; board order breaks ties)."""
+    groups: dict[RowKey, list[pd.Series]] = {}
+    for _, row in rows.iterrows():
+        groups.setdefault(row_key(row).of_target(), []).append(row)
+    out = []
+    for key, group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        ran = [r for r in group if r["status"] != "failed" and not _missing(r["cycles"])]
+        if not ran:
+            out.append(group[0])
+            continue
+        ran.sort(key=lambda r: (int(r["cycles"]), str(r.get("board") or "")))
+        chosen = ran[(len(ran) - 1) // 2]
+        out.append(chosen)
+        notes.append(
+            f"  {_short(key)}: measured on {len(group)} boards; stored from board {chosen.get('board')} "
+            f"(median cycles of {len(ran)})"
+        )
+    return out
+
+
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
@@ -426,7 +465,7 @@ def _describe_change(
 ) -> list[str]:
     if old is None:
         return [f"{path}: created with {len(new)} rows"]
-    new_rows = _index(new, "new baseline")
+    new_rows = _index(new, "new baseline", boards=False)
     added = [k for k in new_rows if k not in old_rows]
     removed = [k for k in old_rows if k not in new_rows]
     changes = []

@@ -1,7 +1,7 @@
 """What CI systems read after a run: a JUnit XML file and a JSON summary.
 
 JUnit (``junit.xml``): one ``<testsuite>`` per target, and per record row one ``<testcase>`` per
-check group:
+check group (a row measured on a farm board names the board: ``nested/nested/level 0 on qemu-a: run``):
 
 =========  ==================================================================  =====================
 group      passes when                                                         fails when
@@ -83,7 +83,8 @@ def _json_value(value: Any) -> Any:
 
 def key_name(key: RowKey) -> str:
     level = "-" if key.level is None else str(key.level)
-    return f"{key.entry}/{key.format}/level {level}"
+    board = f" on {key.board}" if key.board else ""
+    return f"{key.entry}/{key.format}/level {level}{board}"
 
 
 def describe(row: ComparisonRow) -> str:
@@ -144,6 +145,7 @@ def build_summary(
         targets[target] = {
             "cycle_source": ", ".join(sorted(str(s) for s in part["cycle_source"].dropna().unique())),
             "records": len(part),
+            "boards": sorted(str(b) for b in part["board"].dropna().unique()),
             "baseline": comparison.verdict if comparison is not None else "not-compared",
         }
     regressions = [
@@ -162,6 +164,7 @@ def build_summary(
     failures = [
         {
             "target": str(row["target"]),
+            "board": _json_value(row["board"]),
             "entry": str(row["entry"]),
             "format": str(row["format"]),
             "level": _json_value(row["level"]),
@@ -303,7 +306,13 @@ def junit_xml(
         node = ET.SubElement(root, "testsuite", attrs)
         props = ET.SubElement(node, "properties")
         sources = ", ".join(sorted(str(s) for s in rows["cycle_source"].dropna().unique()))
-        for name, value in (("target", target), ("cycle_source", sources), ("run_dir", str(run_dir or ""))):
+        boards = ", ".join(sorted(str(b) for b in rows["board"].dropna().unique()))
+        for name, value in (
+            ("target", target),
+            ("cycle_source", sources),
+            ("boards", boards),
+            ("run_dir", str(run_dir or "")),
+        ):
             ET.SubElement(props, "property", name=name, value=value)
         for case in cases:
             element = ET.SubElement(node, "testcase", classname=case.classname, name=case.name, time="0")

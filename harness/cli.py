@@ -33,6 +33,16 @@ from harness.paths import ROOT
 COMPARE_ROOT = ROOT / "results" / "compare"
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark nested sparse ConvNets on MCUs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, metavar="PATH", help="also write the JUnit XML here")
     run.add_argument("--summary-json", type=Path, metavar="PATH", help="also write the JSON summary here")
     run.add_argument("--quiet", action="store_true", help="print only the summary and errors")
+    farm = run.add_mutually_exclusive_group()
+    farm.add_argument(
+        "--hardware-map",
+        type=Path,
+        metavar="MAP",
+        help="farm mode: run on the boards this YAML file lists, one worker and one lock per board",
+    )
+    farm.add_argument(
+        "--labgrid",
+        metavar="COORDINATOR[:PORT]",
+        help="farm mode: run on the places of this labgrid coordinator tagged kind=<target>",
+    )
+    run.add_argument(
+        "--board-wait",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="farm mode: how long a job waits for a busy board (default: the suite's farm.board_wait_s)",
+    )
 
     rep = sub.add_parser(
         "report", help="render saved runs again; with several runs, compare them side by side"
@@ -130,6 +158,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         baselines=args.baselines,
         junit=args.junit,
         summary_json=args.summary_json,
+        hardware_map=args.hardware_map,
+        labgrid=args.labgrid,
+        board_wait_s=args.board_wait,
     )
     with _sigterm_interrupts():
         return run(options, console)

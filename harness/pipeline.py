@@ -16,6 +16,13 @@ same suite and targets: ``run.json`` keeps a hash of the validated suite (commen
 do not count) and the target names; if either changed, ``--resume`` refuses with exit 2 rather than
 mixing figures of two different suites in one run. A lock file in the run folder keeps two harness
 processes from running (or resuming) the same run at once.
+
+Farm mode (``--hardware-map MAP`` or ``--labgrid COORDINATOR``, docs/farm.md): the main thread still
+trains and builds entry after entry, but each built image becomes a job of `harness.farm.scheduler`,
+run by one worker per board while the next entry trains. Every row carries the board that ran it;
+with the suite's ``farm.mode: repeat`` every board of a kind runs every entry and the records keep a
+row per board (the board is then part of the row's key, also for --resume). Ctrl-C or SIGTERM stops
+every worker and frees every board (locks, labgrid places) before the records so far are written.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ import os
 import platform
 import secrets
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,15 +58,19 @@ from harness.errors import (
     EXIT_OK,
     EXIT_REGRESSION,
     DeviceError,
+    DeviceFault,
     InfraError,
     InputError,
 )
+from harness.farm import open_source
+from harness.farm.boards import LOCAL, Board, BoardSource, Claim
+from harness.farm.scheduler import BOARD, FIRMWARE, OK, REPEAT, Job, Scheduler, WorkerContext
 from harness.measure import Expected, run_session
 from harness.paths import BASELINES, ROOT, RUNS, cache_root
 from harness.preflight import preflight
 from harness.prepare import PreparedEntry, PreparedModel, prepare_entry
 from harness.progress import Progress
-from harness.protocol import DeviceClient
+from harness.protocol import DeviceClient, DeviceCommandError
 from harness.quantize import quantize_input
 from harness.suite import Suite, load_suite
 from trainers.datasets import Dataset, DatasetNotFound, load_dataset
@@ -82,6 +95,9 @@ class RunOptions:
     baselines: Path | None = None  # folder of <suite>/<target>.csv; default results/baselines
     junit: Path | None = None  # also write junit.xml here
     summary_json: Path | None = None  # also write summary.json here
+    hardware_map: Path | None = None  # farm mode: the boards of this host
+    labgrid: str | None = None  # farm mode: COORDINATOR[:PORT] of a labgrid farm
+    board_wait_s: float | None = None  # how long a job waits for a busy board (default: the suite's)
 
 
 @dataclass
@@ -94,11 +110,14 @@ class BuiltImage:
     flags: list[str]
 
 
-RowKey = tuple[str, str, int, str]
+# entry, format, level, target, and the board when a farm repeats every entry on each board
+RowKey = tuple[str, str, int, str, str]
 
 
-def _row_key(row: dict[str, Any]) -> RowKey:
-    return (str(row["entry"]), str(row["format"]), int(row["level"]), str(row["target"]))
+def _row_key(row: dict[str, Any], *, per_board: bool = False) -> RowKey:
+    board = row.get("board") if per_board else None
+    board_text = "" if board is None or bool(pd.isna(board)) else str(board)
+    return (str(row["entry"]), str(row["format"]), int(row["level"]), str(row["target"]), board_text)
 
 
 def suite_hash(suite: Suite) -> str:
@@ -122,6 +141,17 @@ class Run:
         # Everything that can be wrong with an entry is found before any training or build.
         self.dataset = self._load_dataset()
         preflight(self.suite, self.dataset.x_train.shape[1:], self.dataset.num_classes, self.targets)
+        # A bad hardware map is bad input and an unreachable coordinator an infrastructure error:
+        # both are found before any work.
+        self.source: BoardSource | None = open_source(
+            hardware_map=options.hardware_map,
+            labgrid=options.labgrid,
+            all_targets=self.all_targets,
+            command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        )
+        self.farm_mode: str | None = self.suite.farm.mode if self.source is not None else None
+        self.scheduler: Scheduler | None = None
+        self._lock_rows = threading.RLock()  # workers record rows and write files concurrently
         out_root = options.out if options.out is not None else RUNS
         self.cache = ArtifactCache(cache_root(out_root))
         self.rows: dict[RowKey, dict[str, Any]] = {}
@@ -129,7 +159,14 @@ class Run:
         self.previous: dict[str, Any] = {}  # run.json of the run being resumed
         self.eval_x = np.empty(0)
         self._lock: FileLock | None = None
-        self.run_dir = self._run_dir(out_root / self.suite.name)
+        try:
+            self.run_dir = self._run_dir(out_root / self.suite.name)
+        except BaseException:
+            if self.source is not None:
+                self.source.close()
+            raise
+        if self.source is not None and hasattr(self.source, "run"):
+            self.source.run = self.run_dir.name  # named in the board locks' holder information
         if self.previous:
             self._load_previous_rows()
 
@@ -234,6 +271,17 @@ class Run:
                 file=self.options.suite,
                 field="--resume",
             )
+        old_mode = (info.get("farm") or {}).get("mode")
+        if old_mode != self.farm_mode:
+            raise InputError(
+                f"run {run_dir.name} was started "
+                + (f"on a farm in {old_mode} mode" if old_mode else "without a farm")
+                + ", this command runs "
+                + (f"on a farm in {self.farm_mode} mode" if self.farm_mode else "without a farm")
+                + "; resume it with the same --hardware-map/--labgrid choice",
+                file=self.options.suite,
+                field="--resume",
+            )
         names = [t.name for t in self.targets]
         if info.get("target_names") != names:
             raise InputError(
@@ -253,7 +301,7 @@ class Run:
         for row in frame.to_dict("records"):
             # failed rows are measured again: their failure may have been the interruption itself
             if row.get("status") in ("ok", "mismatch"):
-                self.rows[_row_key(row)] = row
+                self.rows[self._key(row)] = row
         self.progress.say(f"resuming {self.run_dir} with {len(self.rows)} measured rows")
 
     # -- stages -------------------------------------------------------------------------------
@@ -327,9 +375,17 @@ class Run:
         return image
 
     def _measure(
-        self, prepared: PreparedModel, image: BuiltImage, target: targets.Target, eval_x_q: np.ndarray
+        self,
+        prepared: PreparedModel,
+        image: BuiltImage,
+        target: targets.Target,
+        eval_x_q: np.ndarray,
+        *,
+        backend: Backend | None = None,
+        ctx: WorkerContext | None = None,
     ) -> tuple[dict[int, dict[str, Any]], int]:
-        """Run the image; returns per device level the measured figures, and the stack high-water mark."""
+        """Run the image; returns per device level the measured figures, and the stack high-water mark.
+        A farm worker passes the backend of its claimed board and its context (log lines, stop)."""
         qm = prepared.qmodel
         expected = Expected(
             model_hash=prepared.model_hash,
@@ -342,16 +398,28 @@ class Run:
         )
         log_dir = self.run_dir / target.name
         log_dir.mkdir(exist_ok=True)
-        backend = targets.make_backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
-        self._note_board_id(target, backend)
+        if backend is None:
+            backend = targets.make_backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
+            self._note_board_id(target, backend)
         measure = self.suite.measure
         levels = [lv.device_level for lv in prepared.levels]
-        with (log_dir / "uart.log").open("a", encoding="utf-8") as log, backend.session(image.elf) as link:
+        # Boards of one target run at once on a farm: one UART log per board.
+        board_id = ctx.board.id if ctx is not None else ""
+        log_name = f"uart-{_safe(board_id)}.log" if board_id else "uart.log"
+        with (log_dir / log_name).open("a", encoding="utf-8") as log, backend.session(image.elf) as link:
             log.write(f"# {dt.datetime.now(dt.timezone.utc).isoformat()} {qm.name} on {link.description}\n")
             client = DeviceClient(link.port, timeout=measure.timeout_s, log=log)
             label = f"{target.name}: {qm.name}, {len(levels)} level(s) × {len(eval_x_q)} samples"
             try:
-                with self.progress.task(label, total=len(levels) * len(eval_x_q)) as task:
+                with contextlib.ExitStack() as stack:
+                    if ctx is None:
+                        task = stack.enter_context(
+                            self.progress.task(label, total=len(levels) * len(eval_x_q))
+                        )
+                        counter = task.count_callback()
+                    else:
+                        stack.enter_context(ctx.watch(link.port))  # closed by a stop: reads end at once
+                        counter = _quarters(ctx, qm.name)
                     result = run_session(
                         client,
                         expected,
@@ -359,7 +427,7 @@ class Run:
                         levels,
                         repetitions=measure.repetitions,
                         warmup=measure.warmup,
-                        progress=task.count_callback(),
+                        progress=counter,
                     )
             except DeviceError as exc:
                 extra = link.diagnostics().strip()
@@ -370,8 +438,9 @@ class Run:
                 # How often a command was sent again: a corrupt reply, a request the device read
                 # corrupted (`? err crc`), or the boot banner arriving during `hello`.
                 log.write(f"# session end: {client.retried} command(s) resent\n")
-                info = self.provenance["targets"][target.name]
-                info["uart_retries"] = int(info.get("uart_retries", 0)) + client.retried
+                with self._lock_rows:
+                    info = self.provenance["targets"][target.name]
+                    info["uart_retries"] = int(info.get("uart_retries", 0)) + client.retried
         figures = {}
         for lv in result.levels:
             figures[lv.level] = {
@@ -390,8 +459,16 @@ class Run:
 
     # -- records ------------------------------------------------------------------------------
 
+    def _key(self, row: dict[str, Any]) -> RowKey:
+        return _row_key(row, per_board=self.farm_mode == REPEAT)
+
     def _base_row(
-        self, prep: PreparedEntry, model: PreparedModel, level_index: int, target: targets.Target
+        self,
+        prep: PreparedEntry,
+        model: PreparedModel,
+        level_index: int,
+        target: targets.Target,
+        board: str | None = None,
     ) -> dict[str, Any]:
         lv = model.levels[level_index]
         return {
@@ -404,6 +481,7 @@ class Run:
             "level": lv.level,
             "sparsity": lv.sparsity,
             "target": target.name,
+            "board": board or None,
             "cycle_source": target.cycle_source,
             "accuracy_float": lv.accuracy_float,
             "accuracy_host": lv.accuracy_host,
@@ -413,11 +491,17 @@ class Run:
         }
 
     def _failed_rows(
-        self, prep: PreparedEntry, model: PreparedModel, target: targets.Target, error: str
+        self,
+        prep: PreparedEntry,
+        model: PreparedModel,
+        target: targets.Target,
+        error: str,
+        board: str | None = None,
     ) -> None:
-        for i in range(len(model.levels)):
-            row = self._base_row(prep, model, i, target) | {"status": "failed", "error": error}
-            self.rows[_row_key(row)] = row
+        with self._lock_rows:
+            for i in range(len(model.levels)):
+                row = self._base_row(prep, model, i, target, board) | {"status": "failed", "error": error}
+                self.rows[self._key(row)] = row
 
     def _ordered_rows(self) -> list[dict[str, Any]]:
         """Rows in the suite's order (entry, then target, then level), however they were measured:
@@ -425,20 +509,33 @@ class Run:
         entries = {e.name: i for i, e in enumerate(self.suite.models)}
         target_order = {t.name: i for i, t in enumerate(self.targets)}
 
-        def order(key: RowKey) -> tuple[int, int, int, str, str]:
-            entry, fmt, level, target = key
-            return (entries.get(entry, len(entries)), target_order.get(target, 99), level, entry, fmt)
+        def order(key: RowKey) -> tuple[int, int, int, str, str, str]:
+            entry, fmt, level, target, board = key
+            return (entries.get(entry, len(entries)), target_order.get(target, 99), level, entry, fmt, board)
 
-        return [self.rows[k] for k in sorted(self.rows, key=order)]
+        with self._lock_rows:
+            return [self.rows[k] for k in sorted(self.rows, key=order)]
 
     def _write_records(self) -> pd.DataFrame:
-        frame = records.records_frame(self._ordered_rows())
-        records.write_records(self.run_dir, frame)
+        with self._lock_rows:
+            frame = records.records_frame(self._ordered_rows())
+            records.write_records(self.run_dir, frame)
         return frame
 
     def _write_run_json(self, status: str) -> None:
-        doc = {**self.provenance, "status": status}
-        atomic_write_text(self.run_dir / RUN_JSON, json.dumps(doc, indent=1, sort_keys=True, default=str))
+        with self._lock_rows:
+            if self.scheduler is not None:
+                farm = self.provenance["farm"]
+                farm["sessions"] = list(self.scheduler.sessions)
+                farm["waits"] = list(self.scheduler.waits)
+                farm["benched"] = {
+                    w.board.label: w.benched
+                    for ws in self.scheduler.workers.values()
+                    for w in ws
+                    if w.benched
+                }
+            text = json.dumps({**self.provenance, "status": status}, indent=1, sort_keys=True, default=str)
+            atomic_write_text(self.run_dir / RUN_JSON, text)
 
     def _start_provenance(self) -> None:
         now = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -481,6 +578,46 @@ class Run:
                 if name in targets_info and isinstance(info, dict):
                     targets_info[name]["board_id"] = info.get("board_id")
                     targets_info[name]["uart_retries"] = int(info.get("uart_retries") or 0)
+        if self.source is not None:
+            self._start_farm(targets_info)
+
+    def _start_farm(self, targets_info: dict[str, dict[str, Any]]) -> None:
+        """The scheduler, its workers' boards, and the farm section of run.json."""
+        assert self.source is not None
+        farm = self.suite.farm
+        wait_s = self.options.board_wait_s if self.options.board_wait_s is not None else farm.board_wait_s
+        self.scheduler = Scheduler(
+            self.source,
+            [t.name for t in self.targets],
+            is_emulator=lambda kind: self.all_targets[kind].is_emulator,
+            mode=farm.mode,
+            wait_s=wait_s,
+            max_failures=farm.max_board_failures,
+            say=self.progress.say,
+        )
+        boards: dict[str, Any] = {}
+        for target in self.targets:
+            mine = self.scheduler.boards_of(target.name)
+            targets_info[target.name]["boards"] = [b.id for b in mine if b.id]
+            for board in mine:
+                boards[board.label] = board.describe()
+            why = self.scheduler.missing.get(target.name)
+            note = why or ", ".join(b.label for b in mine)
+            self.progress.say(f"farm: {target.name}: {note}")
+        previous = self.previous.get("farm") or {}
+        self.provenance["farm"] = {
+            **self.source.describe(),
+            "mode": farm.mode,
+            "board_wait_s": wait_s,
+            "max_board_failures": farm.max_board_failures,
+            "boards": boards,
+            "earlier_sessions": [
+                *(previous.get("earlier_sessions") or []),
+                *(previous.get("sessions") or []),
+            ],
+            "sessions": [],
+            "waits": [],
+        }
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -488,6 +625,8 @@ class Run:
         try:
             return self._execute()
         finally:
+            if self.source is not None:
+                self.source.close()  # idempotent: frees anything a stopped scheduler left
             if self._lock is not None:
                 self._lock.release()
                 with contextlib.suppress(OSError):
@@ -500,6 +639,10 @@ class Run:
         try:
             self._measure_all()
         except BaseException as exc:
+            if self.scheduler is not None:
+                # Every worker stops and frees its board (lock, labgrid place) before anything is written.
+                self.progress.error("stopping: every board worker stops and frees its board")
+                self.scheduler.stop()
             # Keep what was measured and say why the run stopped; --resume continues from here.
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "aborted"
             self.provenance["stopped"] = dt.datetime.now(dt.timezone.utc).isoformat()
@@ -541,7 +684,14 @@ class Run:
             say(f"  trained ({note}); int8 host accuracy {summary}")
             for model in prep.models:
                 self.provenance["models"][f"{entry.name}/{model.qmodel.name}"] = model.model_hash
-                self._run_model_on_targets(prep, model, eval_y)
+                if self.scheduler is not None:
+                    for target in self.targets:
+                        self._submit(prep, model, target, eval_y)
+                else:
+                    self._run_model_on_targets(prep, model, eval_y)
+        if self.scheduler is not None:
+            self.progress.say("waiting for the board workers to finish")
+            self.scheduler.finish()
 
     def _finish(self, started: float) -> int:
         frame = self._write_records()
@@ -570,7 +720,9 @@ class Run:
             "report_md": files.md,
             "report_html": files.html,
             "plots": [str(p) for p in files.plot_paths()],
-            "uart_logs": [str(self.run_dir / t.name / "uart.log") for t in self.targets],
+            "uart_logs": sorted(
+                str(p) for t in self.targets for p in (self.run_dir / t.name).glob("uart*.log")
+            ),
             "junit": self.run_dir / "junit.xml",
             "summary": self.run_dir / "summary.json",
         }
@@ -599,81 +751,188 @@ class Run:
         return code
 
     def _run_model_on_targets(self, prep: PreparedEntry, model: PreparedModel, eval_y: np.ndarray) -> None:
-        x_q = None
         for target in self.targets:
-            keys = [_row_key(self._base_row(prep, model, i, target)) for i in range(len(model.levels))]
-            if all(k in self.rows for k in keys):
+            if self._measured(prep, model, target):
                 self.progress.say(f"  {target.name}: already measured (resume)")
                 continue
+            image = self._image_for(prep, model, target, check_here=True)
+            if image is None:
+                continue
+            try:
+                figures, stack = self._measure(model, image, target, self._eval_q(model))
+            except InfraError as exc:
+                self._record_failure(prep, model, target, exc)
+                continue
+            self._record_figures(prep, model, target, image, figures, stack, eval_y)
+
+    def _measured(
+        self, prep: PreparedEntry, model: PreparedModel, target: targets.Target, board: str = ""
+    ) -> bool:
+        """Every level of `model` on `target` (on `board`, when rows are kept per board) has a row
+        from an earlier attempt of this run (--resume)."""
+        keys = [self._key(self._base_row(prep, model, i, target, board)) for i in range(len(model.levels))]
+        with self._lock_rows:
+            return all(k in self.rows for k in keys)
+
+    def _eval_q(self, model: PreparedModel) -> np.ndarray:
+        return quantize_input(self.eval_x, model.qmodel.tensors[model.qmodel.input])
+
+    def _image_for(
+        self, prep: PreparedEntry, model: PreparedModel, target: targets.Target, *, check_here: bool
+    ) -> BuiltImage | None:
+        """Check `target` can run here (`check_here`; a farm's boards are checked when claimed) and
+        the model fits it, then build its image. None (the rows recorded as failed) when it cannot."""
+        if check_here:
             availability = targets.availability(target, ROOT)
             if not availability.usable:
                 self.progress.error(
                     f"  [red]{target.name}: not usable here: {escape(availability.reason)}[/]", markup=True
                 )
                 self._failed_rows(prep, model, target, f"target not usable: {availability.reason}")
-                continue
+                return None
+        try:
+            image_target = self.all_targets[target.image]  # e.g. Renode runs the board's image
+            fit.check_fit(
+                model,
+                image_target,
+                file=self.options.suite,
+                line=prep.entry.line,
+                field=f"models[{self.suite.models.index(prep.entry)}]",
+            )
+            with self.progress.task(f"build {model.qmodel.name} for {target.name}"):
+                image = self._build(model, image_target)
+        except InfraError as exc:
+            self._record_failure(prep, model, target, exc)
+            return None
+        with self._lock_rows:
+            self.provenance["builds"][f"{prep.entry.name}/{model.qmodel.name}@{target.name}"] = {
+                "build_id": image.build_id,
+                "flags": image.flags,
+                "flash_bytes": image.flash_bytes,
+                "ram_bytes": image.ram_bytes,
+            }
+        return image
+
+    def _record_failure(
+        self,
+        prep: PreparedEntry,
+        model: PreparedModel,
+        target: targets.Target,
+        exc: InfraError,
+        board: str | None = None,
+    ) -> None:
+        lines = getattr(exc, "last_lines", [])
+        detail = str(exc) + (
+            "\n    last UART lines:\n      " + "\n      ".join(lines[-_UART_LINES:]) if lines else ""
+        )
+        where = f"{target.name} on {board}" if board else target.name
+        self.progress.error(f"  [red]{escape(where)}: FAILED: {escape(detail)}[/]", markup=True)
+        text = failure_text(exc)
+        self._failed_rows(prep, model, target, f"board {board}: {text}" if board else text, board)
+        self._write_records()
+
+    def _record_figures(
+        self,
+        prep: PreparedEntry,
+        model: PreparedModel,
+        target: targets.Target,
+        image: BuiltImage,
+        figures: dict[int, dict[str, Any]],
+        stack: int,
+        eval_y: np.ndarray,
+        board: str | None = None,
+    ) -> None:
+        where = f"{target.name} on {board}" if board else target.name
+        names = [layer.name for layer in model.qmodel.layers]
+        for i, lv in enumerate(model.levels):
+            fig = figures[lv.device_level]
+            outputs: np.ndarray = fig["outputs"]
+            same = np.array_equal(outputs, lv.host_outputs)
+            cycles = sorted(fig["cycles"])
+            row = self._base_row(prep, model, i, target, board) | {
+                "cycles": int(np.median(cycles)),
+                "cycles_min": cycles[0],
+                "cycles_max": cycles[-1],
+                "repetitions": len(cycles),
+                "cycles_per_layer": ";".join(
+                    f"{n}={c}" for n, c in zip(names, fig["layer_cycles"], strict=False)
+                ),
+                "accuracy_device": float(np.mean(np.argmax(outputs, axis=1) == eval_y[: len(outputs)])),
+                "flash_bytes": image.flash_bytes,
+                "ram_bytes": image.ram_bytes + stack,
+                "stack_bytes": stack,
+                "fw_build": image.build_id,
+                "status": "ok" if same else "mismatch",
+                "error": "" if same else _mismatch_detail(outputs, lv.host_outputs),
+            }
+            with self._lock_rows:
+                self.rows[self._key(row)] = row
+            mark = "bit-exact" if same else "[red]MISMATCH with host reference[/]"
+            line = (
+                f"  {escape(where)} level {lv.level} ({lv.sparsity:.2f}): "
+                f"{row['cycles']:,} {target.cycle_source}, accuracy {row['accuracy_device']:.3f}, {mark}"
+            )
+            if same:
+                self.progress.say(line, markup=True)
+            else:
+                self.progress.error(line, markup=True)
+        self._write_records()
+
+    # -- farm mode ----------------------------------------------------------------------------
+
+    def _submit(
+        self, prep: PreparedEntry, model: PreparedModel, target: targets.Target, eval_y: np.ndarray
+    ) -> None:
+        """Build `model` for `target` here, then hand the measurement to the scheduler: a board of
+        the kind runs it (shard), or each board does (repeat)."""
+        assert self.scheduler is not None
+        boards = self.scheduler.boards_of(target.name)
+        todo: frozenset[str] | None = None
+        if self.farm_mode == REPEAT:
+            todo = frozenset(b.id for b in boards if not self._measured(prep, model, target, b.id))
+            if boards and not todo:
+                self.progress.say(f"  {target.name}: already measured on every board (resume)")
+                return
+        elif self._measured(prep, model, target):
+            self.progress.say(f"  {target.name}: already measured (resume)")
+            return
+        if target.name in self.scheduler.missing:
+            # No board to run it: fail its rows now, without building an image nobody runs.
+            self._failed_rows(prep, model, target, self.scheduler.missing[target.name])
+            self.progress.error(
+                f"  [red]{target.name}: {escape(self.scheduler.missing[target.name])}[/]", markup=True
+            )
+            return
+        # A kind with boards of its own is checked when a board is claimed; a local emulator here.
+        local = all(b.source == LOCAL for b in boards)
+        image = self._image_for(prep, model, target, check_here=local)
+        if image is None:
+            return
+        x_q = self._eval_q(model)
+        label = f"{prep.entry.name}/{model.qmodel.name}"
+
+        def run_job(board: Board, claim: Claim, ctx: WorkerContext) -> str:
+            backend = claim.backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
             try:
-                image_target = self.all_targets[target.image]  # e.g. Renode runs the board's image
-                fit.check_fit(
-                    model,
-                    image_target,
-                    file=self.options.suite,
-                    line=prep.entry.line,
-                    field=f"models[{self.suite.models.index(prep.entry)}]",
-                )
-                with self.progress.task(f"build {model.qmodel.name} for {target.name}"):
-                    image = self._build(model, image_target)
-                self.provenance["builds"][f"{prep.entry.name}/{model.qmodel.name}@{target.name}"] = {
-                    "build_id": image.build_id,
-                    "flags": image.flags,
-                    "flash_bytes": image.flash_bytes,
-                    "ram_bytes": image.ram_bytes,
-                }
-                if x_q is None:
-                    x_q = quantize_input(self.eval_x, model.qmodel.tensors[model.qmodel.input])
-                figures, stack = self._measure(model, image, target, x_q)
+                figures, stack = self._measure(model, image, target, x_q, backend=backend, ctx=ctx)
             except InfraError as exc:
-                lines = getattr(exc, "last_lines", [])
-                detail = str(exc) + (
-                    "\n    last UART lines:\n      " + "\n      ".join(lines[-_UART_LINES:]) if lines else ""
-                )
-                self.progress.error(f"  [red]{target.name}: FAILED: {escape(detail)}[/]", markup=True)
-                self._failed_rows(prep, model, target, failure_text(exc))
-                self._write_records()
-                continue
-            for i, lv in enumerate(model.levels):
-                fig = figures[lv.device_level]
-                outputs: np.ndarray = fig["outputs"]
-                same = np.array_equal(outputs, lv.host_outputs)
-                cycles = sorted(fig["cycles"])
-                names = [layer.name for layer in model.qmodel.layers]
-                row = self._base_row(prep, model, i, target) | {
-                    "cycles": int(np.median(cycles)),
-                    "cycles_min": cycles[0],
-                    "cycles_max": cycles[-1],
-                    "repetitions": len(cycles),
-                    "cycles_per_layer": ";".join(
-                        f"{n}={c}" for n, c in zip(names, fig["layer_cycles"], strict=False)
-                    ),
-                    "accuracy_device": float(np.mean(np.argmax(outputs, axis=1) == eval_y[: len(outputs)])),
-                    "flash_bytes": image.flash_bytes,
-                    "ram_bytes": image.ram_bytes + stack,
-                    "stack_bytes": stack,
-                    "fw_build": image.build_id,
-                    "status": "ok" if same else "mismatch",
-                    "error": "" if same else _mismatch_detail(outputs, lv.host_outputs),
-                }
-                self.rows[_row_key(row)] = row
-                mark = "bit-exact" if same else "[red]MISMATCH with host reference[/]"
-                line = (
-                    f"  {target.name} level {lv.level} ({lv.sparsity:.2f}): "
-                    f"{row['cycles']:,} {target.cycle_source}, accuracy {row['accuracy_device']:.3f}, {mark}"
-                )
-                if same:
-                    self.progress.say(line, markup=True)
-                else:
-                    self.progress.error(line, markup=True)
+                if ctx.stop.is_set():
+                    raise  # the link was closed by a stop: nothing to record, --resume measures it
+                self._record_failure(prep, model, target, exc, board.id or None)
+                # A fault or an error answer is the firmware's doing, not the board's.
+                return FIRMWARE if isinstance(exc, DeviceFault | DeviceCommandError) else BOARD
+            self._record_figures(prep, model, target, image, figures, stack, eval_y, board.id or None)
+            return OK
+
+        def fail_job(board: Board | None, why: str) -> None:
+            where = f"{target.name} on {board.label}" if board is not None else target.name
+            self.progress.error(
+                f"  [red]{escape(where)}: {escape(label)} FAILED: {escape(why)}[/]", markup=True
+            )
+            self._failed_rows(prep, model, target, why, board.id if board is not None else None)
             self._write_records()
+
+        self.scheduler.submit(Job(kind=target.name, label=label, run=run_job, fail=fail_job, boards=todo))
 
     def _compare(self, frame: pd.DataFrame) -> dict[str, baselines.Comparison]:
         verdicts = {}
@@ -712,6 +971,25 @@ def failure_text(exc: Exception) -> str:
     if last:
         text += "\nlast UART lines:\n" + "\n".join(f"  {line}" for line in last[-_UART_LINES:])
     return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
+
+
+def _safe(text: str) -> str:
+    """A board ID as part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "board"
+
+
+def _quarters(ctx: WorkerContext, name: str) -> Callable[[int, int], None]:
+    """A farm worker's progress: a log line at each quarter of the sweep (bars of parallel workers
+    would fight over the terminal)."""
+    said = [0]
+
+    def report(done: int, total: int) -> None:
+        quarter = 4 * done // max(total, 1)
+        if quarter > said[0]:
+            said[0] = quarter
+            ctx.say(f"{name}: {done}/{total} inferences")
+
+    return report
 
 
 def _mismatch_detail(device: np.ndarray, host: np.ndarray) -> str:

@@ -1,4 +1,5 @@
-"""Result records: one row per model × format × level × target (DESIGN.md §3).
+"""Result records: one row per model × format × level × target (× board when a farm repeats every
+entry on each board) (DESIGN.md §3).
 
 A run writes its records as ``records.csv`` (for people and diffs) and ``records.parquet`` (typed, for
 tools), both atomically. Columns are `RECORD_COLUMNS` in that order. Integer columns are pandas'
@@ -9,6 +10,8 @@ Column meanings (DESIGN.md §3 for the contract):
     level            index of the level in the entry's levels, sparsest last (0 for a dense
                      model); part of the row's key
     sparsity         weight sparsity of the model at that level
+    board            the board that ran the row: its probe UID, a farm board's ID or labgrid place;
+                     empty for a local emulator. Baselines are keyed by target, not board
     cycle_source     qemu-icount | renode-dwt | dwt; never compare across sources
     cycles           median cycles (or instructions) per inference over `repetitions`
     cycles_min/max   extremes over the repetitions
@@ -42,6 +45,7 @@ STRING_COLUMNS = (
     "dataset",
     "format",
     "target",
+    "board",
     "cycle_source",
     "cycles_per_layer",
     "model_hash",
@@ -67,7 +71,7 @@ INT_COLUMNS = (
 )
 
 RECORD_COLUMNS: tuple[str, ...] = (
-    "suite", "entry", "trainer", "arch", "dataset", "format", "level", "sparsity", "target",
+    "suite", "entry", "trainer", "arch", "dataset", "format", "level", "sparsity", "target", "board",
     "cycle_source", "cycles", "cycles_min", "cycles_max", "repetitions", "cycles_per_layer",
     "accuracy_float", "accuracy_host", "accuracy_device", "samples", "model_bytes", "weight_bytes",
     "index_bytes", "meta_bytes", "flash_bytes", "ram_bytes", "stack_bytes", "model_hash", "fw_build",
@@ -88,6 +92,8 @@ DTYPES: dict[str, str] = {
 }
 assert set(DTYPES) == set(RECORD_COLUMNS) and len(RECORD_COLUMNS) == len(DTYPES)
 
+# Columns added after records were first written: files without them read as empty.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("board",)
 STATUSES = ("ok", "mismatch", "failed")
 CYCLE_SOURCES = ("qemu-icount", "renode-dwt", "dwt")
 EMULATOR_SOURCES = frozenset({"qemu-icount", "renode-dwt"})
@@ -226,14 +232,14 @@ def read_records(path: Path) -> pd.DataFrame:
             raise InputError("file not found", file=path) from None
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise InputError(f"cannot read Parquet: {exc}", file=path) from None
-        missing = [c for c in RECORD_COLUMNS if c not in frame.columns]
+        missing = [c for c in RECORD_COLUMNS if c not in frame.columns and c not in OPTIONAL_COLUMNS]
         if missing:
             raise InputError(f"missing columns: {', '.join(missing)}", file=path)
         try:
             return conform(frame)
         except ValueError as exc:
             raise InputError(str(exc), file=path) from None
-    return read_records_csv(path)
+    return read_records_csv(path, required=[c for c in RECORD_COLUMNS if c not in OPTIONAL_COLUMNS])
 
 
 def read_records_csv(path: Path, *, required: Collection[str] = RECORD_COLUMNS) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """What a run shows: a summary on the terminal, and report.md + report.html in the run folder.
 
 All are built from the same cell texts: one table per target (entry, format, level, sparsity, cycles,
-accuracy host/device, model bytes, flash/RAM, status, baseline verdict), then the regressions, then the
-rows that failed or mismatched with their error. On a terminal the tables are rich tables; otherwise
+accuracy host/device, model bytes, flash/RAM, status, baseline verdict, and the board that ran the row
+when there is one), then the regressions, then the rows that failed or mismatched with their error.
+A run on several targets also gets a side-by-side table (cycles per target and cycle source, never
+compared across them). On a terminal the tables are rich tables; otherwise
 (CI logs, pipes) plain aligned text without colour or box drawing.
 
 The reports add, per target, the plots of `harness.plots` (accuracy vs latency, storage, cycles per
@@ -179,10 +181,32 @@ def _baseline_cell(comparison: Comparison | None, key: RowKey) -> str:
     return comparison.row_status(key)
 
 
+def _board(value: Any) -> str:
+    return "" if _na(value) else str(value)
+
+
+def _has_boards(rows: pd.DataFrame) -> bool:
+    return bool(rows["board"].notna().any()) if "board" in rows else False
+
+
+def _where(target: Any, board: Any) -> str:
+    """A target cell: ``qemu_mps2_an500``, or ``nucleo_f767zi (0670FF38…)`` with the board that ran it."""
+    board = _board(board)
+    return f"{target} ({board})" if board else str(target)
+
+
+def result_headers(frame: pd.DataFrame, target: str) -> tuple[str, ...]:
+    """`_RESULT_HEADERS`, plus ``board`` when a board ran any of the target's rows."""
+    rows = frame[frame["target"] == target]
+    return (*_RESULT_HEADERS, "board") if _has_boards(rows) else _RESULT_HEADERS
+
+
 def result_rows(frame: pd.DataFrame, target: str, comparisons: Comparisons) -> list[list[str]]:
-    """The cells of one target's results table, rows sorted by entry, format and level."""
+    """The cells of one target's results table, rows sorted by entry, format, level (and board)."""
     comparison = _for_target(comparisons, target)
-    rows = frame[frame["target"] == target].sort_values(["entry", "format", "level"], kind="stable")
+    rows = frame[frame["target"] == target]
+    boards = _has_boards(rows)
+    rows = rows.sort_values(["entry", "format", "level", "board"], kind="stable")
     out = []
     for _, row in rows.iterrows():
         out.append(
@@ -199,6 +223,7 @@ def result_rows(frame: pd.DataFrame, target: str, comparisons: Comparisons) -> l
                 fmt_int(row["ram_bytes"]),
                 str(row["status"]),
                 _baseline_cell(comparison, row_key(row)),
+                *([_board(row["board"])] if boards else []),
             ]
         )
     return out
@@ -207,7 +232,7 @@ def result_rows(frame: pd.DataFrame, target: str, comparisons: Comparisons) -> l
 def regression_rows(rows: Sequence[ComparisonRow]) -> list[list[str]]:
     return [
         [
-            r.key.target,
+            _where(r.key.target, r.key.board),
             r.key.entry,
             r.key.format,
             fmt_level(r.key.level),
@@ -226,7 +251,7 @@ def problem_rows(frame: pd.DataFrame) -> list[list[str]]:
     bad = frame[frame["status"].isin(["failed", "mismatch"])]
     return [
         [
-            str(r["target"]),
+            _where(r["target"], r["board"]),
             str(r["entry"]),
             str(r["format"]),
             fmt_level(r["level"]),
@@ -269,7 +294,11 @@ def print_summary(console: Console, frame: pd.DataFrame, comparison: Comparisons
         rows = frame[frame["target"] == target]
         title = f"{target} (cycles: {_cycle_source(rows)})"
         _print_table(
-            console, title, _RESULT_HEADERS, result_rows(frame, target, comparison), status_col=(10, 11)
+            console,
+            title,
+            result_headers(frame, target),
+            result_rows(frame, target, comparison),
+            status_col=(10, 11),
         )
     regressions = _rows_with(comparison, "regression")
     if regressions:
@@ -558,7 +587,15 @@ def _target_line(target: str, rows: pd.DataFrame, provenance: Mapping[str, Any])
         if clock:
             details.append(f"clock {int(clock) / 1e6:g} MHz")
         board_id = info.get("board_id")
-        details.append(f"board ID `{board_id}`" if board_id else "no board ID (emulator)")
+        farm_boards = info.get("boards") or []
+        if farm_boards:
+            details.append("boards " + ", ".join(f"`{b}`" for b in farm_boards))
+        elif board_id:
+            details.append(f"board ID `{board_id}`")
+        elif info.get("backend") == "board":
+            details.append("no board reached")
+        else:
+            details.append("emulator")
         retries = info.get("uart_retries")
         if retries:
             details.append(f"{retries} UART command(s) resent (corrupt lines, or a boot banner during hello)")
@@ -593,12 +630,26 @@ def report_blocks(
     if meta:
         blocks.append(Para(" ".join(meta)))
     blocks.append(Para(verdict_line(comparison)))
+    if len(_targets(frame)) > 1:
+        headers, rows_ = side_by_side(frame)
+        blocks += [
+            Heading(2, "Side by side"),
+            Para(
+                "Every target's figures beside each other. Cycle counts are per target and cycle source "
+                "(qemu-icount: retired instructions; renode-dwt: Renode's DWT; dwt: core cycles of a "
+                "real board): compare down a column, never across. With several boards of a target, "
+                "the median over its boards."
+            ),
+            TableBlock(headers, rows_, numeric=headers[4:]),
+        ]
     folder = folder or Path(".")
     for target in _targets(frame):
         rows = frame[frame["target"] == target]
         blocks += [Heading(2, target), Para(_target_line(target, rows, provenance))]
         blocks.append(
-            TableBlock(_RESULT_HEADERS, result_rows(frame, target, comparison), status_cols=(10, 11))
+            TableBlock(
+                result_headers(frame, target), result_rows(frame, target, comparison), status_cols=(10, 11)
+            )
         )
         files = (plot_files or {}).get(target)
         if files:
@@ -655,19 +706,24 @@ def _failure_details(frame: pd.DataFrame) -> list[Block]:
     last UART lines. Rows of one model fail together with one error: shown once."""
     blocks: list[Block] = []
     bad = frame[frame["status"].isin(["failed", "mismatch"])]
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     for _, row in bad.iterrows():
         error = "" if _na(row["error"]) else str(row["error"])
-        once = (str(row["target"]), str(row["entry"]), error)
+        once = (str(row["target"]), _board(row["board"]), str(row["entry"]), error)
         if once in seen:
             continue
         seen.add(once)
+        same_board = bad["board"].isna() if _na(row["board"]) else bad["board"] == row["board"]
         levels = bad[
-            (bad["target"] == row["target"]) & (bad["entry"] == row["entry"]) & (bad["error"] == row["error"])
+            (bad["target"] == row["target"])
+            & same_board.fillna(False)
+            & (bad["entry"] == row["entry"])
+            & (bad["error"] == row["error"])
         ]["level"]
         shown = ", ".join(fmt_level(v) for v in levels) if error else fmt_level(row["level"])
+        where = _where(row["target"], row["board"])
         blocks.append(
-            Heading(3, f"{row['target']}: {row['entry']} ({row['format']}), level {shown}: {row['status']}")
+            Heading(3, f"{where}: {row['entry']} ({row['format']}), level {shown}: {row['status']}")
         )
         registers = fault_registers(error)
         if registers:
@@ -716,13 +772,68 @@ def write_report(
 ) -> ReportFiles:
     """The plots, ``report.md`` and ``report.html`` of a run, into its folder (each file atomically)."""
     run_dir = Path(run_dir)
-    plot_files = plots.run_plots(frame, run_dir)
+    plot_files = plots.run_plots(one_row_per_key(frame), run_dir)
     blocks = report_blocks(frame, comparison, provenance, plot_files, run_dir)
     md, page = run_dir / "report.md", run_dir / "report.html"
     atomic_write_text(md, render_md(blocks))
     title = blocks[0].text if isinstance(blocks[0], Heading) else "nestbench report"
     atomic_write_text(page, render_html(blocks, title))
     return ReportFiles(md=md, html=page, plots=plot_files)
+
+
+# --- several boards, several targets ------------------------------------------------------------------
+
+
+def one_row_per_key(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with one row per (target, entry, format, level): where several boards ran a key,
+    the measured row with the median cycles (plots draw one point per key)."""
+    if frame.empty or not frame.duplicated(["target", "entry", "format", "level"]).any():
+        return frame
+    chosen = []
+    for _, group in frame.groupby(["target", "entry", "format", "level"], sort=False, dropna=False):
+        measured = group[group["cycles"].notna()].sort_values(["cycles", "board"], kind="stable")
+        pool = measured if not measured.empty else group
+        chosen.append(pool.iloc[[(len(pool) - 1) // 2]])
+    return pd.concat(chosen).sort_index(kind="stable")
+
+
+def side_by_side(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[list[str]]]:
+    """Per entry, format and level: each target's cycles (headed with its cycle source) and device
+    accuracy, the median over the target's boards, or its status when it did not run."""
+    names = _targets(frame)
+    sources = {t: _cycle_source(frame[frame["target"] == t]) for t in names}
+    headers: tuple[str, ...] = ("entry", "format", "level", "sparsity")
+    for t in names:
+        headers += (f"{t} cycles [{sources[t]}]", f"{t} acc")
+    keys = frame[["entry", "format", "level"]].drop_duplicates()
+    order = {e: i for i, e in enumerate(dict.fromkeys(frame["entry"].tolist()))}
+    keys = keys.sort_values(["level"], kind="stable").sort_values(
+        ["entry"], key=lambda col: col.map(order), kind="stable"
+    )
+    out = []
+    for _, key in keys.iterrows():
+        part = frame[(frame["entry"] == key["entry"]) & (frame["format"] == key["format"])]
+        part = part[part["level"] == key["level"]] if not _na(key["level"]) else part[part["level"].isna()]
+        cells = [
+            str(key["entry"]),
+            str(key["format"]),
+            fmt_level(key["level"]),
+            fmt_percent(part["sparsity"].iloc[0], 1),
+        ]
+        for t in names:
+            rows = part[part["target"] == t]
+            ran = rows[rows["status"].isin(["ok", "mismatch"]) & rows["cycles"].notna()]
+            if ran.empty:
+                status = ", ".join(sorted(set(rows["status"].astype(str)))) or "-"
+                cells += [status, "-"]
+                continue
+            cycles = fmt_int(int(ran["cycles"].astype("int64").median()))
+            accuracy = fmt_percent(float(ran["accuracy_device"].astype("float64").median()))
+            if len(ran) > 1:
+                cycles += f" ({len(ran)} boards)"
+            cells += [cycles, accuracy]
+        out.append(cells)
+    return headers, out
 
 
 # --- saved runs --------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ before any work starts; every problem found is reported at once, one per line, a
       storage: {abs: 0}                   # model/weight/index/meta bytes
       footprint: {rel: 0.0, abs: 0}       # flash/RAM bytes of the linked image
     device: auto                 # training device: auto | cpu | cuda | cuda:N
+    farm:                        # only used with --hardware-map / --labgrid (docs/farm.md)
+      mode: shard                # shard: each entry on one board of each kind; repeat: on every board
+      board_wait_s: 3600         # how long a job waits for a busy board before failing its rows, > 0
+      max_board_failures: 2      # board failures in a row before a board sits out the run, ≥ 1
     models:                      # at least one entry; names unique
       - name: dense              # [A-Za-z0-9_-]+
         arch: digits_cnn         # a known architecture
@@ -51,7 +55,7 @@ import types
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -238,6 +242,14 @@ class Tolerances(_Strict):
         return merged
 
 
+class Farm(_Strict):
+    """`farm:` — how a farm run (``--hardware-map``, ``--labgrid``) spreads entries over boards."""
+
+    mode: Literal["shard", "repeat"] = "shard"
+    board_wait_s: float = Field(default=3600.0, gt=0.0)
+    max_board_failures: int = Field(default=2, ge=1, le=1000)
+
+
 class ModelEntry(_Strict):
     """One entry of `models:`."""
 
@@ -297,6 +309,7 @@ class Suite(_Strict):
     measure: Measure = Measure()
     tolerances: Tolerances = Tolerances()
     device: Annotated[str, AfterValidator(_device)] = "auto"
+    farm: Farm = Farm()
     models: list[ModelEntry] = Field(min_length=1)
     _source: YamlSource | None = PrivateAttr(default=None)
 
@@ -538,6 +551,7 @@ def _unwrap(ann: Any) -> Any:
 __all__ = [
     "Catalog",
     "DatasetSpec",
+    "Farm",
     "Measure",
     "ModelEntry",
     "Suite",

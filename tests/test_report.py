@@ -124,9 +124,14 @@ def test_report_md(tmp_path: Path) -> None:
     assert "timeout \\| no reply" in text  # pipes escaped inside table cells
     assert "- git.sha: `abc123`" in text and "- git.dirty: `True`" in text
     assert "- flags: `-O2, -mcpu=cortex-m7`" in text
-    for line in text.splitlines():
-        if line.startswith("| dense | dense | 0 "):
-            assert line.count("|") == 13  # 12 columns
+    # Two targets: a side-by-side table (cycles headed by their cycle source), then one table each.
+    _, after = text.split("## Side by side", 1)
+    side, per_target = after.split("\n## ", 1)
+    assert f"| {QEMU} cycles [qemu-icount] |" in side and f"| {NUCLEO} cycles [dwt] |" in side
+    rows = [line for line in per_target.splitlines() if line.startswith("| dense | dense | 0 ")]
+    assert rows and all(line.count("|") == 13 for line in rows)  # 12 columns
+    side_rows = [line for line in side.splitlines() if line.startswith("| dense | dense | 0 ")]
+    assert len(side_rows) == 1 and side_rows[0].count("|") == 9  # entry..sparsity + 2 per target
 
 
 # --- report.md and report.html with plots --------------------------------------------------------------

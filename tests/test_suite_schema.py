@@ -231,3 +231,28 @@ def test_anchors_and_merge_keys(tmp_path: Path) -> None:
     ]
     assert suite.line_of("models", 1, "format") == 10
     assert suite.line_of("models", 1, "arch") == 8  # merged in: the entry's own line
+
+
+def test_nightly_suite_runs_every_entry_on_every_board_kind() -> None:
+    """suites/nightly.yaml: every kind of board the project builds for (board, its Renode twin, QEMU),
+    every entry fits the board (preflight), and its committed QEMU baseline covers every row."""
+    from harness import baselines, targets
+    from harness.catalog import build_catalog
+    from harness.preflight import preflight
+    from trainers.datasets import load_dataset
+
+    suite = load_suite(REPO / "suites" / "nightly.yaml", build_catalog(REPO))
+    kinds = targets.load_targets(REPO)
+    assert set(suite.targets) == set(kinds)  # every env of platformio.ini is a board kind
+    assert {kinds[t].backend for t in suite.targets} == {"board", "renode", "qemu"}
+    assert suite.farm.mode == "repeat"
+    assert {m.trainer for m in suite.models} >= {"nested", "standalone", "dsnn", "dense"}
+    assert {m.arch for m in suite.models} >= {"digits_cnn", "mobilenet_v1", "resnet8"}
+    data = load_dataset(suite.dataset.name, seed=suite.seed)
+    preflight(suite, data.x_train.shape[1:], data.num_classes, [kinds[t] for t in suite.targets])
+    stored = baselines.load_baseline(
+        REPO / "results" / "baselines" / "nightly" / "qemu_mps2_an500.csv", "nightly"
+    )
+    levels = {m.name: (1 if m.format == "dense" else len(suite.levels)) for m in suite.models}
+    assert sorted(stored["entry"].value_counts().items()) == sorted(levels.items())
+    assert (stored["status"] == "ok").all()
