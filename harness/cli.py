@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from harness import interrupts
 from harness.errors import EXIT_INFRA, EXIT_INPUT, EXIT_OK, InfraError, InputError, NestbenchError
 from harness.paths import ROOT
 
@@ -122,25 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a CI job cancelled, `kill`) stops a run like Ctrl-C: emulators are stopped, the
-    records so far are kept and the run can be resumed."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from harness.pipeline import RunOptions, run
 
@@ -162,7 +141,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         labgrid=args.labgrid,
         board_wait_s=args.board_wait,
     )
-    with _sigterm_interrupts():
+    with interrupts.stop_on_signals():
         return run(options, console)
 
 

@@ -48,7 +48,18 @@ from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.markup import escape
 
-from harness import baselines, build, ci_outputs, elfsize, fit, provenance, records, report, targets
+from harness import (
+    baselines,
+    build,
+    ci_outputs,
+    elfsize,
+    fit,
+    interrupts,
+    provenance,
+    records,
+    report,
+    targets,
+)
 from harness.atomic import atomic_write_text
 from harness.backends.base import Backend
 from harness.cache import ArtifactCache, canonical_json, hash_tree
@@ -381,6 +392,7 @@ class Run:
         target: targets.Target,
         eval_x_q: np.ndarray,
         *,
+        name: str,
         backend: Backend | None = None,
         ctx: WorkerContext | None = None,
     ) -> tuple[dict[int, dict[str, Any]], int]:
@@ -407,9 +419,9 @@ class Run:
         board_id = ctx.board.id if ctx is not None else ""
         log_name = f"uart-{_safe(board_id)}.log" if board_id else "uart.log"
         with (log_dir / log_name).open("a", encoding="utf-8") as log, backend.session(image.elf) as link:
-            log.write(f"# {dt.datetime.now(dt.timezone.utc).isoformat()} {qm.name} on {link.description}\n")
+            log.write(f"# {dt.datetime.now(dt.timezone.utc).isoformat()} {name} on {link.description}\n")
             client = DeviceClient(link.port, timeout=measure.timeout_s, log=log)
-            label = f"{target.name}: {qm.name}, {len(levels)} level(s) × {len(eval_x_q)} samples"
+            label = f"{target.name}: {name}, {len(levels)} level(s) × {len(eval_x_q)} samples"
             try:
                 with contextlib.ExitStack() as stack:
                     if ctx is None:
@@ -419,7 +431,7 @@ class Run:
                         counter = task.count_callback()
                     else:
                         stack.enter_context(ctx.watch(link.port))  # closed by a stop: reads end at once
-                        counter = _quarters(ctx, qm.name)
+                        counter = _quarters(ctx, name)
                     result = run_session(
                         client,
                         expected,
@@ -683,7 +695,8 @@ class Run:
                 summary = ", ".join(f"{s:.0%} sparse {a:.2%}" for s, a in accuracies)
             say(f"  trained ({note}); int8 host accuracy {summary}")
             for model in prep.models:
-                self.provenance["models"][f"{entry.name}/{model.qmodel.name}"] = model.model_hash
+                interrupts.check()
+                self.provenance["models"][model_label(prep, model)] = model.model_hash
                 if self.scheduler is not None:
                     for target in self.targets:
                         self._submit(prep, model, target, eval_y)
@@ -694,6 +707,7 @@ class Run:
             self.scheduler.finish()
 
     def _finish(self, started: float) -> int:
+        interrupts.check()
         frame = self._write_records()
         verdicts = self._compare(frame)
         atomic_write_text(
@@ -752,6 +766,7 @@ class Run:
 
     def _run_model_on_targets(self, prep: PreparedEntry, model: PreparedModel, eval_y: np.ndarray) -> None:
         for target in self.targets:
+            interrupts.check()
             if self._measured(prep, model, target):
                 self.progress.say(f"  {target.name}: already measured (resume)")
                 continue
@@ -759,7 +774,9 @@ class Run:
             if image is None:
                 continue
             try:
-                figures, stack = self._measure(model, image, target, self._eval_q(model))
+                figures, stack = self._measure(
+                    model, image, target, self._eval_q(model), name=model_label(prep, model)
+                )
             except InfraError as exc:
                 self._record_failure(prep, model, target, exc)
                 continue
@@ -799,13 +816,13 @@ class Run:
                 line=prep.entry.line,
                 field=f"models[{self.suite.models.index(prep.entry)}]",
             )
-            with self.progress.task(f"build {model.qmodel.name} for {target.name}"):
+            with self.progress.task(f"build {model_label(prep, model)} for {target.name}"):
                 image = self._build(model, image_target)
         except InfraError as exc:
             self._record_failure(prep, model, target, exc)
             return None
         with self._lock_rows:
-            self.provenance["builds"][f"{prep.entry.name}/{model.qmodel.name}@{target.name}"] = {
+            self.provenance["builds"][f"{model_label(prep, model)}@{target.name}"] = {
                 "build_id": image.build_id,
                 "flags": image.flags,
                 "flash_bytes": image.flash_bytes,
@@ -909,12 +926,14 @@ class Run:
         if image is None:
             return
         x_q = self._eval_q(model)
-        label = f"{prep.entry.name}/{model.qmodel.name}"
+        label = model_label(prep, model)
 
         def run_job(board: Board, claim: Claim, ctx: WorkerContext) -> str:
             backend = claim.backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
             try:
-                figures, stack = self._measure(model, image, target, x_q, backend=backend, ctx=ctx)
+                figures, stack = self._measure(
+                    model, image, target, x_q, name=label, backend=backend, ctx=ctx
+                )
             except InfraError as exc:
                 if ctx.stop.is_set():
                     raise  # the link was closed by a stop: nothing to record, --resume measures it
@@ -971,6 +990,14 @@ def failure_text(exc: Exception) -> str:
     if last:
         text += "\nlast UART lines:\n" + "\n".join(f"  {line}" for line in last[-_UART_LINES:])
     return text if len(text) <= _ERROR_LIMIT else text[: _ERROR_LIMIT - 1] + "…"
+
+
+def model_label(prep: PreparedEntry, model: PreparedModel) -> str:
+    """How logs and run.json name a deployable model: its entry, and the level of a standalone
+    entry's per-level models (a cached model keeps the name of the entry that first made it)."""
+    if len(prep.models) == 1:
+        return prep.entry.name
+    return f"{prep.entry.name}@{model.levels[0].sparsity:g}"
 
 
 def _safe(text: str) -> str:

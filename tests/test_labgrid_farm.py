@@ -482,7 +482,7 @@ def test_a_stopped_run_releases_every_place(farm: Farm) -> None:
     farm.clients(alice("qemu-b", "acquire"), tag(FROZEN, KIND))
     try:
         output = Output(farm.harness(str(suite_file(farm.folder, "lgstop", nested=False)), "--out", str(out)))
-        output.wait_for(r"\[qemu-frozen\] dense/dense: start")
+        output.wait_for(r"\[qemu-frozen\] dense: start")
         output.wait_for(r"place qemu-b is busy")
         assert ("nightly", "ci-runner", FROZEN) in farm.who()
         output.proc.send_signal(signal.SIGTERM)
