@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -24,7 +23,7 @@ from typing import ClassVar
 import pandas as pd
 import pytest
 from conftest import HARNESS
-from test_farm_locks import HOLD
+from test_farm_locks import holding
 
 from harness.errors import EXIT_INFRA, EXIT_INPUT, EXIT_OK
 from harness.farm.locks import LOCK_DIR_ENV, BoardLock
@@ -300,12 +299,7 @@ def test_repeat_runs_every_entry_on_every_board(shared_cache: Path, tmp_path: Pa
 def test_a_second_run_waits_for_a_board_another_process_holds(shared_cache: Path, tmp_path: Path) -> None:
     suite = write_suite(tmp_path, "farm_lock", ["nested"])
     hwmap = write_map(tmp_path, "qemu-a")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path / "locks"), "qemu-a"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-
+    with holding(tmp_path / "locks", "qemu-a") as holder:
         # A short wait bound: the board's rows fail naming the board and its holder, exit 3.
         out = tmp_path / "short"
         short = harness("run", suite, "--hardware-map", hwmap, "--out", out, "--board-wait", "1")
@@ -322,9 +316,6 @@ def test_a_second_run_waits_for_a_board_another_process_holds(shared_cache: Path
         assert run.proc.poll() is None  # waiting, not failed
         holder.kill()  # SIGKILL: the kernel frees its lock
         code, output = run.finish()
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
     assert code == EXIT_OK, output
     frame = records(run_folder(tmp_path / "long", "farm_lock"))
     assert (frame["status"] == "ok").all() and (frame["board"] == "qemu-a").all()

@@ -6,6 +6,7 @@ the board (bounded, abandonable), kills the holder with SIGKILL and takes the bo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,16 +35,25 @@ HOLD = textwrap.dedent(
 )
 
 
+@contextlib.contextmanager
+def holding(lock_dir: Path, board: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding `board`'s lock in `lock_dir` until the block ends (or it is killed)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(lock_dir), board], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding board `b-1`'s lock in tmp_path/locks."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path / "locks"), "b-1"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    yield proc
-    proc.kill()
-    proc.wait(timeout=10)
+    with holding(tmp_path / "locks", "b-1") as proc:
+        yield proc
 
 
 def test_holder_information_and_release(tmp_path: Path) -> None:
@@ -135,7 +145,12 @@ def test_two_locks_of_one_process_on_one_board_exclude_each_other(tmp_path: Path
     assert (first.read_holder() or {}).get("command") == "first"
 
     got = threading.Event()
-    waiter = threading.Thread(target=lambda: (second.acquire(wait_s=30), got.set()))
+
+    def wait_then_note() -> None:
+        second.acquire(wait_s=30)
+        got.set()
+
+    waiter = threading.Thread(target=wait_then_note)
     waiter.start()
     assert not got.wait(0.4)
     first.release()

@@ -6,14 +6,13 @@ test_farm.py).
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import serial
-from test_farm_locks import HOLD
+from test_farm_locks import holding
 
 from harness import targets
 from harness.errors import InfraError
@@ -37,13 +36,8 @@ def farm(tmp_path: Path) -> HardwareMapSource:
 @pytest.fixture
 def hold_a(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holds board a."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path / "locks"), "a"], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    yield proc
-    proc.kill()
-    proc.wait(timeout=10)
+    with holding(tmp_path / "locks", "a") as proc:
+        yield proc
 
 
 class Log:
