@@ -75,7 +75,7 @@ from harness.errors import (
 )
 from harness.farm import open_source
 from harness.farm.boards import LOCAL, Board, BoardSource, Claim
-from harness.farm.scheduler import BOARD, FIRMWARE, OK, REPEAT, Job, Scheduler, WorkerContext
+from harness.farm.scheduler import BOARD, FIRMWARE, OK, REPEAT, Job, Scheduler, Verdict, WorkerContext
 from harness.measure import Expected, run_session
 from harness.paths import BASELINES, ROOT, RUNS, cache_root
 from harness.preflight import preflight
@@ -928,7 +928,7 @@ class Run:
         x_q = self._eval_q(model)
         label = model_label(prep, model)
 
-        def run_job(board: Board, claim: Claim, ctx: WorkerContext) -> str:
+        def run_job(board: Board, claim: Claim, ctx: WorkerContext) -> Verdict:
             backend = claim.backend(target, ROOT, timeout_s=self.suite.measure.timeout_s)
             try:
                 figures, stack = self._measure(
@@ -939,9 +939,10 @@ class Run:
                     raise  # the link was closed by a stop: nothing to record, --resume measures it
                 self._record_failure(prep, model, target, exc, board.id or None)
                 # A fault or an error answer is the firmware's doing, not the board's.
-                return FIRMWARE if isinstance(exc, DeviceFault | DeviceCommandError) else BOARD
+                culprit = FIRMWARE if isinstance(exc, DeviceFault | DeviceCommandError) else BOARD
+                return Verdict(culprit, str(exc).splitlines()[0])
             self._record_figures(prep, model, target, image, figures, stack, eval_y, board.id or None)
-            return OK
+            return Verdict(OK)
 
         def fail_job(board: Board | None, why: str) -> None:
             where = f"{target.name} on {board.label}" if board is not None else target.name

@@ -101,7 +101,7 @@ def parse_yaml(text: str, file: Path) -> YamlSource:
         except yaml.YAMLError as exc:
             raise InputError(f"YAML error: {exc}", file=file) from None
         if node is None:
-            raise InputError("file is empty: expected a mapping of suite keys", file=file)
+            raise InputError("file is empty: expected a mapping of keys", file=file)
         if not isinstance(node, MappingNode):
             raise InputError(
                 f"the top level must be a mapping of keys, found a {_kind(node)}",

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import configparser
 import ctypes
 import shutil
 import subprocess
@@ -260,12 +259,6 @@ def _chains() -> list[QModel]:
     ]
 
 
-def _qemu_args() -> str:
-    ini = configparser.ConfigParser(interpolation=None)
-    ini.read(fwbuild.ROOT / "platformio.ini")
-    return ini["env:qemu_mps2_an500"]["custom_qemu_args"]
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("qm", _chains(), ids=lambda qm: qm.name)
 def test_kernel_paths_are_bit_exact_in_qemu(qm: QModel, tmp_path: Path) -> None:
@@ -278,7 +271,7 @@ def test_kernel_paths_are_bit_exact_in_qemu(qm: QModel, tmp_path: Path) -> None:
     want = run_int8(qm, xs)
     assert len(np.unique(want, axis=0)) == len(xs)  # the chain keeps the inputs apart
     counts = []
-    with QemuBackend(_qemu_args(), timeout_s=30).session(build.elf) as link:
+    with QemuBackend(fwbuild.qemu_args(), timeout_s=30).session(build.elf) as link:
         client = DeviceClient(link.port, timeout=30)
         client.hello()
         for x, expected in zip(xs, want, strict=True):

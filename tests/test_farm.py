@@ -362,6 +362,7 @@ def test_shard_benches_a_hung_board_and_its_work_goes_to_the_good_one(
     assert len(frame) == 5 and (frame["status"] == "ok").all() and (frame["board"] == "qemu-a").all()
     farm = run_json(run_dir)["farm"]
     assert list(farm["benched"]) == ["qemu-hung"]
+    assert "no reply to 'hello'" in farm["benched"]["qemu-hung"]  # the error that benched it
     assert "no reply to 'hello'" in output  # it did fail a job ...
     failed = [s for s in farm["sessions"] if s["board"] == "qemu-hung"]
     assert len(failed) == 1 and failed[0]["status"] == "board"

@@ -4,7 +4,6 @@ faults and hangs."""
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import time
 import zlib
@@ -31,12 +30,6 @@ QM = build_qmodel()
 IN_SHAPE = QM.tensors[QM.input].shape
 
 
-def _qemu_args() -> str:
-    ini = configparser.ConfigParser(interpolation=None)
-    ini.read(fwbuild.ROOT / "platformio.ini")
-    return ini["env:qemu_mps2_an500"]["custom_qemu_args"]
-
-
 @pytest.fixture(scope="module")
 def elf() -> Path:
     return fwbuild.built("qemu_mps2_an500").elf
@@ -51,7 +44,7 @@ class Device:
 
 @contextlib.contextmanager
 def _session(elf: Path, timeout: float = 10.0, port_wrapper: type | None = None) -> Iterator[Device]:
-    with QemuBackend(_qemu_args(), timeout_s=timeout).session(elf) as link:
+    with QemuBackend(fwbuild.qemu_args(), timeout_s=timeout).session(elf) as link:
         log: list[str] = []
         port = port_wrapper(link.port) if port_wrapper else link.port
         yield Device(DeviceClient(port, timeout=timeout, log=log.append), link, log)
@@ -250,7 +243,7 @@ def test_hang_times_out_within_the_bound(elf: Path) -> None:
 
 
 def test_qemu_is_killed_when_the_session_body_fails(elf: Path) -> None:
-    backend = QemuBackend(_qemu_args(), timeout_s=5)
+    backend = QemuBackend(fwbuild.qemu_args(), timeout_s=5)
     with pytest.raises(RuntimeError, match="boom"), backend.session(elf) as link:
         pid = int(link.description.split()[2])
         assert Path(f"/proc/{pid}").exists()
@@ -259,7 +252,7 @@ def test_qemu_is_killed_when_the_session_body_fails(elf: Path) -> None:
 
 
 def test_qemu_start_failures_are_infra_errors(elf: Path, tmp_path: Path) -> None:
-    missing = QemuBackend(_qemu_args(), qemu="qemu-system-nonexistent")
+    missing = QemuBackend(fwbuild.qemu_args(), qemu="qemu-system-nonexistent")
     with pytest.raises(InfraError) as err, missing.session(elf):
         pass
     assert "qemu-system-arm" in (err.value.hint or "")
@@ -267,6 +260,6 @@ def test_qemu_start_failures_are_infra_errors(elf: Path, tmp_path: Path) -> None
         pass
     with (
         pytest.raises(InfraError, match="does not exist"),
-        QemuBackend(_qemu_args()).session(tmp_path / "x.elf"),
+        QemuBackend(fwbuild.qemu_args()).session(tmp_path / "x.elf"),
     ):
         pass

@@ -31,7 +31,7 @@ import pytest
 from conftest import HARNESS, ROOT
 
 from harness import targets
-from harness.backends.base import die_with_parent
+from harness.backends.base import dying_with_parent
 from harness.errors import InfraError
 from harness.farm.labgrid_source import LabgridSource, PlaceClaim
 from harness.farm.locks import BoardBusy, Stopped
@@ -109,12 +109,11 @@ class Farm:
     def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.folder / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            cmd,
+            dying_with_parent(cmd),  # nothing outlives the test session
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.folder if name == "coordinator" else ROOT,  # the coordinator keeps its state in cwd
             env=env,
-            preexec_fn=die_with_parent,  # nothing outlives the test session
         )
         self.procs.append(proc)
         return proc

@@ -7,6 +7,8 @@ virtual COM port for a board), so one protocol client (`harness.protocol`) serve
 from __future__ import annotations
 
 import contextlib
+import shutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,14 +43,13 @@ def closing_port(port: serial.SerialBase) -> Iterator[serial.SerialBase]:
             port.close()
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for emulator processes: the kernel kills the child when the harness dies, even by
-    SIGKILL, so no emulator outlives an interrupted run (Linux; a no-op elsewhere). The signal follows
-    the *thread* that started the child: start it from the thread that holds the session."""
-    import ctypes
-    import signal
-    import sys
+def dying_with_parent(cmd: list[str]) -> list[str]:
+    """`cmd`, made to be killed by the kernel when the thread that starts it ends, so no emulator
+    outlives the harness, even one killed by SIGKILL (Linux, through util-linux's `setpriv`; `cmd`
+    unchanged elsewhere). Start it from the thread that holds the session.
 
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    Not a `preexec_fn`: that makes Python fork for real, and the fork handlers then run while other
+    threads work. OpenBLAS's stops its thread pool under a running matrix product, which never
+    returns (a farm run hung), and logging's can swallow a Ctrl-C. Without one, Python uses vfork."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd

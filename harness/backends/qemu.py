@@ -25,7 +25,7 @@ from typing import IO, ClassVar
 
 import serial
 
-from harness.backends.base import Backend, DeviceLink, die_with_parent
+from harness.backends.base import Backend, DeviceLink, dying_with_parent
 from harness.errors import InfraError
 
 _PTY_RE = re.compile(r"char device redirected to (\S+)")
@@ -113,9 +113,8 @@ class QemuBackend(Backend):
         cmd = self.command(elf)
         try:
             proc = subprocess.Popen(
-                cmd,
+                dying_with_parent(cmd),
                 stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -31,7 +31,7 @@ import serial
 from elftools.elf.elffile import ELFFile
 
 from harness import tools
-from harness.backends.base import Backend, DeviceLink, die_with_parent
+from harness.backends.base import Backend, DeviceLink, dying_with_parent
 from harness.errors import InfraError
 
 DEFAULT_PLATFORM = Path("targets") / "renode" / "nucleo_f767zi.repl"
@@ -139,9 +139,8 @@ class RenodeBackend(Backend):
             script_path.write_text(self.script(image, uart_port).render())
             log = (folder / "renode.log").open("w+")
             proc = subprocess.Popen(
-                renode_command(renode, script_path, monitor_port),
+                dying_with_parent(renode_command(renode, script_path, monitor_port)),
                 stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=folder,

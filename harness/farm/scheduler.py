@@ -47,11 +47,17 @@ MODES = (SHARD, REPEAT)
 OK, FIRMWARE, BOARD = "ok", "firmware", "board"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # OK | FIRMWARE | BOARD
+    reason: str = ""  # a failure's first line: for the log and for why a board sits out the run
+
+
 @dataclass
 class Job:
     kind: str  # target name
     label: str  # for logs, e.g. "nested (nested)"
-    run: Callable[[Board, Claim, WorkerContext], str]  # returns OK | FIRMWARE | BOARD
+    run: Callable[[Board, Claim, WorkerContext], Verdict]
     fail: Callable[[Board | None, str], None]  # record the job's rows as failed on a board
     boards: frozenset[str] | None = None  # repeat mode: the boards still to run it (None: all)
     tried: set[str] = field(default_factory=set)  # shard mode: boards it failed on for board reasons
@@ -381,8 +387,8 @@ class Scheduler:
             return _Outcome(BOARD, repr(exc), job)
         if self.stopping.is_set():
             return None
-        self._note(entry, started, verdict)
-        return _Outcome(verdict, f"{job.label} failed on it, see its rows", job, retry=True)
+        self._note(entry, started, verdict.status)
+        return _Outcome(verdict.status, f"{job.label}: {verdict.reason or 'failed'}", job, retry=True)
 
     def _claim_failed(self, w: _Worker, reason: str, text: str, started: float) -> _Outcome:
         """The board could not be claimed (busy beyond the wait bound, place unusable) and no job was
@@ -470,18 +476,19 @@ def _stamp(t: float) -> str:
 
 
 def max_concurrency(sessions: list[dict[str, Any]]) -> int:
-    """The most sessions that ran at the same time, from a timeline of ISO start/end stamps (a
-    session that ends as another starts does not overlap it; one shorter than the stamps' resolution
-    still counts)."""
+    """The most boards that ran sessions at the same time, from a timeline of ISO start/end stamps.
+    A board runs one session at a time (its lock), so only other boards' sessions can overlap one: a
+    session that ends as another starts does not overlap it, and sessions shorter than the stamps'
+    resolution still count."""
     spans = [
-        (dt.datetime.fromisoformat(s["start"]), dt.datetime.fromisoformat(s["end"]))
+        (str(s.get("board", "")), dt.datetime.fromisoformat(s["start"]), dt.datetime.fromisoformat(s["end"]))
         for s in sessions
         if "start" in s and "end" in s
     ]
     return max(
         (
-            1 + sum(1 for j, (a, b) in enumerate(spans) if j != i and a <= start < b)
-            for i, (start, _) in enumerate(spans)
+            1 + len({other for other, a, b in spans if other != board and a <= start < b})
+            for board, start, _ in spans
         ),
         default=0,
     )

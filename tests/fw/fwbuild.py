@@ -7,6 +7,7 @@ build per (env, model folder, build ID); the builds go to a temporary folder rem
 from __future__ import annotations
 
 import atexit
+import configparser
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,13 @@ class Build:
     output: str  # pio's stdout + stderr
     returncode: int
     seconds: float
+
+
+def qemu_args(env: str = "qemu_mps2_an500") -> str:
+    """The QEMU command-line arguments of a platformio.ini env, as the harness reads them."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "platformio.ini")
+    return ini[f"env:{env}"]["custom_qemu_args"]
 
 
 _cache: dict[tuple[str, str, str], Build] = {}
