@@ -176,8 +176,8 @@ class Run:
             if self.source is not None:
                 self.source.close()
             raise
-        if self.source is not None and hasattr(self.source, "run"):
-            self.source.run = self.run_dir.name  # named in the board locks' holder information
+        if self.source is not None:
+            self.source.run = self.run_dir.name  # named in the holder information of its boards
         if self.previous:
             self._load_previous_rows()
 
@@ -616,9 +616,13 @@ class Run:
             why = self.scheduler.missing.get(target.name)
             note = why or ", ".join(b.label for b in mine)
             self.progress.say(f"farm: {target.name}: {note}")
+        notices = self.source.notices()
+        for notice in notices:
+            self.progress.say(f"farm: {notice}")
         previous = self.previous.get("farm") or {}
         self.provenance["farm"] = {
             **self.source.describe(),
+            **({"notices": notices} if notices else {}),
             "mode": farm.mode,
             "board_wait_s": wait_s,
             "max_board_failures": farm.max_board_failures,

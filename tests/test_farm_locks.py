@@ -133,6 +133,25 @@ def test_a_sigkilled_holder_frees_the_board(tmp_path: Path, holder: subprocess.P
     lock.release()
 
 
+def test_a_dead_holder_is_told_from_a_live_one_and_one_that_finished(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    lock = BoardLock(tmp_path / "locks", "b-1")
+    assert lock.take_over_dead_holder() is None  # it lives
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=10)
+    left = lock.take_over_dead_holder()
+    assert left is not None and left["pid"] == holder.pid and left["run"] == "run-42"
+    assert BoardLock(tmp_path / "locks", "b-1").take_over_dead_holder() is None  # now ours: alive
+    lock.release(keep_holder=True)  # as when the thing it guards could not be freed
+    lock = BoardLock(tmp_path / "locks", "b-1")
+    again = lock.take_over_dead_holder()
+    assert again is not None and again["pid"] == holder.pid  # still names the run that left it
+    lock.release()  # ... and a clean release leaves nothing behind
+    assert not lock.holder_path.exists()
+    assert BoardLock(tmp_path / "locks", "b-1").take_over_dead_holder() is None
+
+
 def test_two_locks_of_one_process_on_one_board_exclude_each_other(tmp_path: Path) -> None:
     first = BoardLock(tmp_path, "qemu-a", command="first")
     second = BoardLock(tmp_path, "qemu-a", command="second")

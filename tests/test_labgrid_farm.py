@@ -34,7 +34,7 @@ from harness import targets
 from harness.backends.base import dying_with_parent
 from harness.errors import InfraError
 from harness.farm.labgrid_source import LabgridSource, PlaceClaim
-from harness.farm.locks import BoardBusy, Stopped
+from harness.farm.locks import LOCK_DIR_ENV, BoardBusy, Stopped
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +119,9 @@ class Farm:
         return proc
 
     def env(self, user: dict[str, str]) -> dict[str, str]:
-        return {**os.environ, **user, "LG_COORDINATOR": self.address, "COLUMNS": "200"}
+        # The marks of acquired places live in the lock folder: one of the farm's own, not the host's.
+        locks = str(self.folder / "locks")
+        return {**os.environ, **user, "LG_COORDINATOR": self.address, "COLUMNS": "200", LOCK_DIR_ENV: locks}
 
     def clients(self, *commands: Command, check: bool = True) -> list[str]:
         """labgrid-client commands, run at once (each costs a second of start-up); their outputs."""
@@ -321,6 +323,7 @@ def assert_nothing_held(farm: Farm, *, but: list[tuple[str, str, str]] | None = 
 def source(farm: Farm, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabgridSource]:
     for key, value in HARNESS_USER.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv(LOCK_DIR_ENV, str(farm.folder / "locks"))
     src = LabgridSource(farm.address, targets.load_targets(ROOT))
     yield src
     src.close()
@@ -492,3 +495,28 @@ def test_a_stopped_run_releases_every_place(farm: Farm) -> None:
         assert_nothing_held(farm, but=[("alice", "alice-desk", "qemu-b")])
     finally:
         farm.clients(alice("qemu-b", "release"), tag(FROZEN, ""), check=False)
+
+
+def test_places_a_killed_run_left_acquired_are_released_by_the_next_run(farm: Farm) -> None:
+    """SIGKILL: nothing of the run frees its places, and their reservations, acquired, never expire.
+    The next run on the host releases them, cancels those reservations, says so and uses the places."""
+    suite = str(suite_file(farm.folder, "lgkill", nested=False))
+    farm.clients(tag(FROZEN, KIND))
+    try:
+        killed = Output(farm.harness(suite, "--out", str(farm.folder / "runs-killed")))
+        killed.wait_for(r"\[qemu-frozen\] dense: start")  # it never answers: held until the kill
+        killed.proc.kill()
+        killed.finish(timeout=30)
+        left = [place for user, _, place in farm.who() if user == HARNESS_USER["LG_USERNAME"]]
+        assert FROZEN in left
+    finally:
+        farm.clients(tag(FROZEN, ""))
+    after = Output(farm.harness(suite, "--out", str(farm.folder / "runs-after")))
+    assert after.finish() == 0, after.text
+    for place in left:
+        assert f"released place {place}: left acquired by pid {killed.proc.pid}" in after.text
+    info = json.loads((run_dir(farm.folder / "runs-after", "lgkill") / "run.json").read_text())
+    assert len(info["farm"]["notices"]) == len(left)
+    assert_nothing_held(farm)  # and no reservation of the killed run is left either
+    again = Output(farm.harness(suite, "--out", str(farm.folder / "runs-again")))
+    assert again.finish() == 0 and "released place" not in again.text, again.text  # nothing left

@@ -39,7 +39,7 @@ def open_source(
         from harness.farm.labgrid_source import LabgridSource, parse_address
 
         parse_address(labgrid)  # a malformed address is bad input, before connecting
-        return LabgridSource(labgrid, all_targets)
+        return LabgridSource(labgrid, all_targets, command=command)
     return None
 
 

@@ -63,6 +63,9 @@ class Claim(ABC):
 
 class BoardSource(ABC):
     name: str  # for logs and run.json: "hardware map farm.yaml", "labgrid 10.0.0.5:20408"
+    # Who holds a board, for the holder information other jobs see while they wait for it.
+    command: str = ""  # e.g. "harness run suites/nightly.yaml --labgrid lab:20408"
+    run: str = ""  # the run folder's name, once the run has one
 
     @abstractmethod
     def boards(self) -> list[Board]:
@@ -86,6 +89,11 @@ class BoardSource(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.name}
+
+    def notices(self) -> list[str]:
+        """What the run should tell its user about the source before it starts (e.g. boards that a
+        dead run had left held, and that the source freed)."""
+        return []
 
 
 class LocalClaim(Claim):

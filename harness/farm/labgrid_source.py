@@ -5,8 +5,10 @@ records). A worker claims its place the labgrid way: a reservation filtered by t
 (``kind`` and its ``name``), polled until the coordinator allocates it — while another job holds the
 place, the worker says who and waits, at most the wait bound — then the place is acquired, used and
 released, and the reservation cancelled, also on failure and on Ctrl-C / SIGTERM (`close` is the
-safety net for anything still held). A SIGKILL'ed job leaves its place acquired; free it with
-``labgrid-client -p PLACE release`` (its reservation expires by itself within a minute).
+safety net for anything still held). A run killed by SIGKILL cannot release its places: every place
+a process holds acquired is marked in a host-wide lock (`_PlaceMarks`), which the kernel frees when the
+process dies, and the next run on the host releases the places that dead runs left acquired and
+cancels their reservations.
 
 Deploying to a claimed place uses labgrid's own drivers on the place's resources: the flash driver
 its resources call for (`harness.farm.labgrid_drivers.make_flasher`: OpenOCD, pyOCD through a flash
@@ -23,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +38,7 @@ from harness import targets
 from harness.backends.base import Backend, DeviceLink
 from harness.errors import InfraError, InputError
 from harness.farm.boards import Board, BoardSource, Claim
-from harness.farm.locks import BoardBusy, Stopped
+from harness.farm.locks import BoardBusy, BoardLock, Stopped, default_lock_dir, file_safe, holder_text
 
 KIND_TAG = "kind"
 DEFAULT_PORT = 20408
@@ -80,7 +84,12 @@ _LOG_FILTER = _LabgridLogFilter()
 
 class LabgridSource(BoardSource):
     def __init__(
-        self, address: str, all_targets: Mapping[str, targets.Target], *, connect_s: float = 15.0
+        self,
+        address: str,
+        all_targets: Mapping[str, targets.Target],
+        *,
+        connect_s: float = 15.0,
+        command: str = "",
     ) -> None:
         try:
             from labgrid.remote.client import ClientSession
@@ -90,6 +99,7 @@ class LabgridSource(BoardSource):
         self.address = parse_address(address)
         self.name = f"labgrid coordinator {self.address}"
         self.all_targets = all_targets
+        self.command = command
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="labgrid-client", daemon=True)
         self._thread.start()
@@ -119,6 +129,10 @@ class LabgridSource(BoardSource):
         # which labgrid's RemotePlace would start itself. It gets ours (running in our thread).
         manager = RemotePlaceManager.get()
         manager.session, manager.loop = self._session, self._loop
+        # The coordinator knows a client as "host/user" (LG_HOSTNAME, LG_USERNAME override them).
+        self.user = f"{self._session.gethostname()}/{self._session.getuser()}"
+        self._marks = _PlaceMarks(self.address, self.user)
+        self._notices = self._release_places_of_dead_runs()
 
     # -- the event loop -------------------------------------------------------------------------------
 
@@ -213,7 +227,64 @@ class LabgridSource(BoardSource):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.name, "ignored_places": dict(self.ignored)}
+        return {"source": self.name, "user": self.user, "ignored_places": dict(self.ignored)}
+
+    def notices(self) -> list[str]:
+        return list(self._notices)
+
+    def _release_places_of_dead_runs(self) -> list[str]:
+        """Release the places that runs of this host and user left acquired when they died."""
+        from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+
+        said = []
+        for mark in self._marks.left_by_dead_runs():
+            place = str(mark.holder.get("board", ""))
+            if self._acquirer(place) != self.user:
+                mark.lock.release()  # freed by hand since, or it died before acquiring the place
+                continue
+            try:
+                # The dead run's reservation of the place: acquired, it would not expire, and once
+                # the place is released it would still keep it from others for a minute.
+                tokens = self._reservations_of(place)
+                # Only if it is still acquired by this host and user: the coordinator checks that.
+                request = pb.ReleasePlaceRequest(placename=place, fromuser=self.user)
+                self._rpc(f"releasing place {place}", "ReleasePlace", request)
+                for token in tokens:
+                    with contextlib.suppress(InfraError):  # expired meanwhile
+                        self._rpc(
+                            "cancelling a reservation",
+                            "CancelReservation",
+                            pb.CancelReservationRequest(token=token),
+                        )
+            except InfraError as exc:
+                said.append(f"place {place} may still be acquired by a run that died: {exc.message}")
+                mark.lock.release(keep_holder=True)  # the next run tries again
+                continue
+            said.append(f"released place {place}: left acquired by {holder_text(mark.holder)}, which died")
+            mark.lock.release()
+        return said
+
+    def _acquirer(self, place: str) -> str | None:
+        """Who holds `place` acquired ("host/user"), as the coordinator last said; None: nobody."""
+
+        def look() -> str | None:
+            info = self._session.places.get(place)
+            return None if info is None else info.acquired
+
+        return self._on_loop(look)
+
+    def _reservations_of(self, place: str) -> list[str]:
+        """The tokens of this host and user's reservations that hold `place` allocated."""
+        from labgrid.remote.common import Reservation
+        from labgrid.remote.generated import labgrid_coordinator_pb2 as pb
+
+        answer = self._rpc("listing reservations", "GetReservations", pb.GetReservationsRequest())
+        found = [Reservation.from_pb2(r) for r in answer.reservations]
+        return [
+            r.token
+            for r in found
+            if r.owner == self.user and any(place in names for names in r.allocations.values())
+        ]
 
     # -- claiming -------------------------------------------------------------------------------------
 
@@ -238,6 +309,13 @@ class LabgridSource(BoardSource):
             self._held[place] = {"token": token, "acquired": False}
         try:
             waited = self._wait_allocated(place, token, wait_s, stop, on_wait)
+            # Marked before it is acquired, so a place of this host and user acquired by a process
+            # that has died always has a mark to show it; only the instant between another run's
+            # release and its unmarking is waited for.
+            mark = self._marks.lock(place, command=self.command, run=self.run)
+            mark.acquire(wait_s=_READY_S, stop=stop)
+            with self._held_lock:
+                self._held[place]["mark"] = mark
             self._rpc(f"acquiring place {place}", "AcquirePlace", pb.AcquirePlaceRequest(placename=place))
             with self._held_lock:
                 self._held[place]["acquired"] = True
@@ -368,6 +446,9 @@ class LabgridSource(BoardSource):
                 "CancelReservation",
                 pb.CancelReservationRequest(token=held["token"]),
             )
+        mark = held.get("mark")
+        if mark is not None:
+            mark.release(keep_holder=bool(problems))  # still acquired: the next run releases it
         if problems:
             raise InfraError("; ".join(problems), hint=f"free it by hand: labgrid-client -p {place} release")
 
@@ -391,6 +472,40 @@ class LabgridSource(BoardSource):
         """The places this source holds now (reserved or acquired)."""
         with self._held_lock:
             return sorted(self._held)
+
+
+@dataclass
+class _Mark:
+    lock: BoardLock  # taken by this process
+    holder: dict[str, Any]  # what the dead run left: place ("board"), pid, host, command, run, since
+
+
+class _PlaceMarks:
+    """Which places the processes of this host and user hold acquired on one coordinator: one
+    `BoardLock` per place, held from just before the place is acquired until it is released. The
+    kernel drops the lock of a process that dies, even by SIGKILL, and leaves its holder file: the
+    mark of a place left acquired."""
+
+    def __init__(self, address: str, user: str) -> None:
+        # One folder per coordinator and user: each user's runs create their own marks there.
+        self.folder = default_lock_dir() / file_safe(f"labgrid-{address}-{user}")
+
+    def lock(self, place: str, *, command: str = "", run: str = "") -> BoardLock:
+        return BoardLock(self.folder, place, command=command, run=run)
+
+    def left_by_dead_runs(self) -> list[_Mark]:
+        """The places whose holder died, each with its lock now taken by this process."""
+        marks = []
+        for path in sorted(self.folder.glob("*.holder.json")):
+            try:
+                place = json.loads(path.read_text(encoding="utf-8"))["board"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # gone meanwhile, or not a mark
+            lock = self.lock(str(place))
+            holder = lock.take_over_dead_holder() if lock.holder_path == path else None
+            if holder is not None:
+                marks.append(_Mark(lock, holder))
+        return marks
 
 
 def _forget(resources: list[Any]) -> None:

@@ -44,6 +44,11 @@ class Stopped(Exception):
     """The run is stopping (Ctrl-C, SIGTERM): a wait was abandoned."""
 
 
+def file_safe(text: str) -> str:
+    """`text` as a file name: runs of other characters than letters, digits, `_.-` become `_`."""
+    return _SAFE.sub("_", text).strip("_")
+
+
 def default_lock_dir(configured: Path | None = None) -> Path:
     env = os.environ.get(LOCK_DIR_ENV)
     if env:
@@ -54,13 +59,14 @@ def default_lock_dir(configured: Path | None = None) -> Path:
 
 
 def _ensure_dir(folder: Path) -> None:
+    shared = Path(tempfile.gettempdir()) / "nestbench-locks"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # Jobs of several users share the boards of a host: the shared default folder is sticky and
         # world-writable like /tmp (a no-op, refused silently, when another user made it).
-        if folder == Path(tempfile.gettempdir()) / "nestbench-locks":
+        if folder == shared or shared in folder.parents:
             with contextlib.suppress(OSError):
-                folder.chmod(0o1777)
+                shared.chmod(0o1777)
     except OSError as exc:
         raise InfraError(
             f"cannot create the board lock folder {folder}: {exc}",
@@ -89,7 +95,7 @@ class BoardLock:
     def __init__(self, folder: Path, board_id: str, *, command: str = "", run: str = "") -> None:
         self.folder = Path(folder)
         self.board_id = board_id
-        safe = _SAFE.sub("_", board_id).strip("_") or "board"
+        safe = file_safe(board_id) or "board"
         self.path = self.folder / f"{safe}.lock"
         self.holder_path = self.folder / f"{safe}.holder.json"
         self.command = command
@@ -157,14 +163,37 @@ class BoardLock:
             tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
             os.replace(tmp, self.holder_path)
 
-    def release(self) -> None:
+    def release(self, *, keep_holder: bool = False) -> None:
+        """Free the lock. `keep_holder` leaves the holder file behind, as a dead holder's is: a mark
+        that what the lock guards was left in use (a labgrid place that could not be released)."""
         if not self._lock.is_locked:
             return
-        with contextlib.suppress(OSError):
-            info = self.read_holder()
-            if info is not None and info.get("pid") == os.getpid():
+        if not keep_holder:  # the lock is held here: whoever the file names, it is ours to remove
+            with contextlib.suppress(OSError):
                 self.holder_path.unlink()
         self._lock.release(force=True)
 
+    def take_over_dead_holder(self) -> dict[str, Any] | None:
+        """The holder information a dead holder left (it died holding the lock, even by SIGKILL),
+        with the lock now taken by this process; None when nobody left one or its holder lives."""
+        if self.read_holder() is None:
+            return None
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return None  # its holder lives and holds the lock
+        left = self.read_holder()  # again: a holder may have finished cleanly meanwhile
+        if left is None:
+            self._lock.release(force=True)
+        return left
 
-__all__ = ["LOCK_DIR_ENV", "BoardBusy", "BoardLock", "Stopped", "default_lock_dir", "holder_text"]
+
+__all__ = [
+    "LOCK_DIR_ENV",
+    "BoardBusy",
+    "BoardLock",
+    "Stopped",
+    "default_lock_dir",
+    "file_safe",
+    "holder_text",
+]
