@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from typing import ClassVar
 import pandas as pd
 import pytest
 from conftest import HARNESS
+from fw.liveoutput import LiveOutput
 from test_farm_locks import holding
 
 from harness.errors import EXIT_INFRA, EXIT_INPUT, EXIT_OK
@@ -87,14 +86,14 @@ def harness(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-class Running:
+class Running(LiveOutput):
     """A `harness run` process in its own process group whose output is read as it comes."""
 
     started: ClassVar[list[Running]] = []  # killed after each test, whatever happened
 
     def __init__(self, *args: str | Path) -> None:
         Running.started.append(self)
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [str(HARNESS), *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -102,47 +101,7 @@ class Running:
             env=env(),
             start_new_session=True,
         )
-        self.lines: list[str] = []
-        self._new = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._new:
-                self.lines.append(line.rstrip("\n"))
-                self._new.notify_all()
-        with self._new:
-            self._new.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float = 300) -> str:
-        """The first output line matching `pattern` (a regex), waiting for it."""
-        found = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._new:
-            while True:
-                for line in self.lines:
-                    if found.search(line):
-                        return line
-                if not self._reader.is_alive() or time.monotonic() > deadline:
-                    self.kill()
-                    pytest.fail(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
-                self._new.wait(0.5)
-
-    def finish(self, timeout: float = 300) -> tuple[int, str]:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"harness run did not end within {timeout:g} s:\n" + "\n".join(self.lines))
-        self._reader.join(10)
-        return code, "\n".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        super().__init__(proc)
 
 
 @pytest.fixture(autouse=True)
@@ -225,7 +184,7 @@ def shard_run(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> t
         run.wait_for(r"^waiting for the board workers to finish")
         for lock in held.values():
             lock.release()
-        code, output = run.finish()
+        code, output = run.finish(), run.text
     finally:
         for lock in held.values():
             lock.release()
@@ -315,7 +274,7 @@ def test_a_second_run_waits_for_a_board_another_process_holds(shared_cache: Path
         assert f"held by pid {holder.pid} on host" in line and "(nightly holder, run run-42)" in line
         assert run.proc.poll() is None  # waiting, not failed
         holder.kill()  # SIGKILL: the kernel frees its lock
-        code, output = run.finish()
+        code, output = run.finish(), run.text
     assert code == EXIT_OK, output
     frame = records(run_folder(tmp_path / "long", "farm_lock"))
     assert (frame["status"] == "ok").all() and (frame["board"] == "qemu-a").all()
@@ -355,7 +314,7 @@ def test_shard_benches_a_hung_board_and_its_work_goes_to_the_good_one(
     run = Running("run", suite, "--hardware-map", hwmap, "--out", tmp_path / "runs")
     run.wait_for(r"\[qemu-hung\] taken out of this run after 1 board failure")
     good.release()
-    code, output = run.finish()
+    code, output = run.finish(), run.text
     assert code == EXIT_OK, output
     run_dir = run_folder(tmp_path / "runs", "farm_bench")
     frame = records(run_dir)
@@ -389,7 +348,7 @@ def test_sigterm_stops_every_worker_frees_the_boards_and_resume_finishes(
         assert run.proc.poll() is None and time.monotonic() < deadline, "\n".join(run.lines)
         time.sleep(0.02)
     run.proc.send_signal(signal.SIGTERM)  # to the harness only, like `kill PID`
-    code, output = run.finish(timeout=60)
+    code, output = run.finish(timeout=60), run.text
     assert code == EXIT_INFRA, output
     assert "stopping: every board worker stops and frees its board" in output and "Traceback" not in output
     assert not group_left(run.proc.pid), "a process of the run outlived SIGTERM"

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import HARNESS, ROOT
+from fw.liveoutput import LiveOutput
 
 from harness import targets
 from harness.backends.base import dying_with_parent
@@ -269,46 +270,6 @@ def run_dir(out: Path, suite: str) -> Path:
     return runs[-1]
 
 
-class Output:
-    """A running harness's output, read as it comes."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    @property
-    def text(self) -> str:
-        with self._cond:
-            return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 90.0) -> str:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if re.search(pattern, line):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._thread.is_alive()):
-                    raise AssertionError(f"no {pattern!r} in the harness output:\n{''.join(self.lines)}")
-                self._cond.wait(min(left, 0.2))
-
-    def finish(self, timeout: float = 180.0) -> int:
-        code = self.proc.wait(timeout)
-        self._thread.join(10)
-        return code
-
-
 def assert_nothing_held(farm: Farm, *, but: list[tuple[str, str, str]] | None = None) -> None:
     """No place acquired (but `but`, others' places) and no reservation of the harness's user left."""
     who, owners = farm.held()
@@ -422,7 +383,7 @@ def test_a_board_place_is_flashed_by_its_driver_on_the_exporter_host(
 
 def test_a_suite_runs_across_both_places_bit_exact(farm: Farm) -> None:
     out = farm.folder / "runs"
-    output = Output(farm.harness(str(suite_file(farm.folder, "lgfarm")), "--out", str(out)))
+    output = LiveOutput(farm.harness(str(suite_file(farm.folder, "lgfarm")), "--out", str(out)))
     assert output.finish() == 0, output.text
     folder = run_dir(out, "lgfarm")
     rows = pd.read_csv(folder / "records.csv")
@@ -453,7 +414,9 @@ def test_a_job_waits_for_a_busy_place_and_a_broken_place_fails_alone(farm: Farm)
     farm.clients(alice("qemu-a", "acquire"), tag(BROKEN, KIND))
     released = 0.0
     try:
-        output = Output(farm.harness(str(suite_file(farm.folder, "lgwait", nested=False)), "--out", str(out)))
+        output = LiveOutput(
+            farm.harness(str(suite_file(farm.folder, "lgwait", nested=False)), "--out", str(out))
+        )
         output.wait_for(r"place qemu-a is busy: acquired by alice-desk/alice")
         output.wait_for(r"on qemu-broken: .*FAILED")
         assert output.proc.poll() is None  # still waiting for qemu-a...
@@ -483,7 +446,9 @@ def test_a_stopped_run_releases_every_place(farm: Farm) -> None:
     out = farm.folder / "runs-stopped"
     farm.clients(alice("qemu-b", "acquire"), tag(FROZEN, KIND))
     try:
-        output = Output(farm.harness(str(suite_file(farm.folder, "lgstop", nested=False)), "--out", str(out)))
+        output = LiveOutput(
+            farm.harness(str(suite_file(farm.folder, "lgstop", nested=False)), "--out", str(out))
+        )
         output.wait_for(r"\[qemu-frozen\] dense: start")
         output.wait_for(r"place qemu-b is busy")
         assert ("nightly", "ci-runner", FROZEN) in farm.who()
@@ -503,7 +468,7 @@ def test_places_a_killed_run_left_acquired_are_released_by_the_next_run(farm: Fa
     suite = str(suite_file(farm.folder, "lgkill", nested=False))
     farm.clients(tag(FROZEN, KIND))
     try:
-        killed = Output(farm.harness(suite, "--out", str(farm.folder / "runs-killed")))
+        killed = LiveOutput(farm.harness(suite, "--out", str(farm.folder / "runs-killed")))
         killed.wait_for(r"\[qemu-frozen\] dense: start")  # it never answers: held until the kill
         killed.proc.kill()
         killed.finish(timeout=30)
@@ -511,12 +476,12 @@ def test_places_a_killed_run_left_acquired_are_released_by_the_next_run(farm: Fa
         assert FROZEN in left
     finally:
         farm.clients(tag(FROZEN, ""))
-    after = Output(farm.harness(suite, "--out", str(farm.folder / "runs-after")))
+    after = LiveOutput(farm.harness(suite, "--out", str(farm.folder / "runs-after")))
     assert after.finish() == 0, after.text
     for place in left:
         assert f"released place {place}: left acquired by pid {killed.proc.pid}" in after.text
     info = json.loads((run_dir(farm.folder / "runs-after", "lgkill") / "run.json").read_text())
     assert len(info["farm"]["notices"]) == len(left)
     assert_nothing_held(farm)  # and no reservation of the killed run is left either
-    again = Output(farm.harness(suite, "--out", str(farm.folder / "runs-again")))
+    again = LiveOutput(farm.harness(suite, "--out", str(farm.folder / "runs-again")))
     assert again.finish() == 0 and "released place" not in again.text, again.text  # nothing left
